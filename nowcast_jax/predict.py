@@ -1,0 +1,256 @@
+"""Forecasts on new data from a raw-units forecaster (an artifact or a checkpoint's export_spec).
+
+:func:`predict` dispatches on ``sidecar["kind"]``:
+
+* ``"radar"``: the last ``J`` frames of a folder of radar files (or an ``.npz`` holding
+  ``rain_mm_h [T, H, W]`` and optionally ``times``) -> ``[K, H, W]`` forecast in mm/h,
+  written as ``.npz`` (``forecast_mm_h``, ``valid_times``, ``input_times``) or ``.nc``
+  (needs netCDF4), plus a PNG of the inputs and the forecast.
+* ``"station"``: a station CSV (the training data contract) -> a CSV with one row per
+  station and horizon (``station, issue_time, horizon_hours, valid_time, visibility_m``).
+
+The sidecar keys each kind needs are those ``export_spec`` writes (see the task
+docstrings): radar ``input_steps``, ``time_step_minutes``, ``radar`` (``importer``,
+``importer_kwargs``, ``fn_pattern``, ``downsample_factor``, ``zr_a``, ``zr_b``); station
+``features``, ``history``, ``horizons_hours``, ``step``, ``csv`` (the CSV contract of
+:func:`nowcast_jax.data.station_io.read_station_csv`), ``calm_ms``, ``variable_wind``,
+``interpolate`` (variable names) and ``max_interp_steps``, as in training. Inputs with
+the wrong grid, units or too little history raise :class:`PredictError` with a message that says what was expected.
+
+numpy/pandas only (plus matplotlib for the PNG); the forecaster is any callable.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+class PredictError(ValueError):
+    """The input data does not fit the forecaster; the message says why."""
+
+
+def predict(forecast: Callable[..., Any], sidecar: dict, input_path: str | Path, out_path: str | Path, *,
+            png: bool = True) -> list[Path]:
+    """Run ``forecast`` on the data at ``input_path``; write ``out_path`` (+ PNG). Returns written paths."""
+    kind = sidecar.get("kind")
+    if kind == "radar":
+        return predict_radar(forecast, sidecar, input_path, out_path, png=png)
+    if kind == "station":
+        return predict_station(forecast, sidecar, input_path, out_path)
+    raise PredictError(f"the forecaster's sidecar has kind={kind!r}; predict knows 'radar' and 'station' "
+                       "(the task's export_spec must set sidecar['kind'])")
+
+
+# ------------------------------------------------------------------------------ radar
+def _frame_shape(sidecar: dict) -> tuple[int, int, int, int]:
+    """(J, H, W, C) of the first input spec ``[b, J, H, W, C]``."""
+    shape = sidecar["inputs"][0]["shape"]
+    if len(shape) != 5:
+        raise PredictError(f"radar forecaster input must be [b, J, H, W, C]; sidecar says {shape}")
+    return tuple(int(s) for s in shape[1:])
+
+
+def read_radar_inputs(sidecar: dict, input_path: str | Path) -> tuple[np.ndarray, list[datetime] | None]:
+    """The last J frames ``[J, H, W]`` mm/h (NaN outside the domain) and their times (or None)."""
+    steps, height, width, _ = _frame_shape(sidecar)
+    input_path = Path(input_path)
+    if input_path.suffix == ".npz":
+        with np.load(input_path, allow_pickle=False) as data:
+            if "rain_mm_h" not in data:
+                raise PredictError(f"{input_path}: expected an array 'rain_mm_h' [T, H, W] in mm/h; "
+                                   f"found {sorted(data.files)}")
+            rain = np.asarray(data["rain_mm_h"], np.float32)
+            times = [datetime.fromisoformat(str(t)) for t in data["times"]] if "times" in data else None
+        if rain.ndim != 3:
+            raise PredictError(f"{input_path}: rain_mm_h must be [T, H, W]; got shape {rain.shape}")
+    elif input_path.is_dir():
+        rain, times = _read_radar_folder(sidecar, input_path, steps)
+    else:
+        raise PredictError(f"{input_path}: expected a folder of radar files or an .npz with rain_mm_h")
+    if rain.shape[0] < steps:
+        raise PredictError(f"too little history: the forecaster needs {steps} frames, {input_path} has "
+                           f"{rain.shape[0]}")
+    rain = rain[-steps:]
+    times = times[-steps:] if times is not None else None
+    if rain.shape[1:] != (height, width):
+        raise PredictError(f"wrong grid: frames are {rain.shape[1]}x{rain.shape[2]} but the forecaster was "
+                           f"trained on {height}x{width} (after downsampling by "
+                           f"{sidecar.get('radar', {}).get('downsample_factor', 1)})")
+    _check_rain_units(rain, input_path)
+    _check_spacing(times, sidecar, input_path)
+    return rain, times
+
+
+def _read_radar_folder(sidecar: dict, folder: Path, steps: int):
+    from nowcast_jax.data import radar
+
+    cfg = sidecar.get("radar")
+    if not cfg or "importer" not in cfg or "fn_pattern" not in cfg:
+        raise PredictError("the forecaster's sidecar has no radar reader settings (radar.importer, "
+                           "radar.fn_pattern); give an .npz with rain_mm_h instead")
+    frames = radar.list_frames(str(folder / "*"), cfg["fn_pattern"])
+    if not frames:
+        raise PredictError(f"no file in {folder} matches the pattern {cfg['fn_pattern']!r}")
+    frames = frames[-steps:]
+    rain = []
+    for frame in frames:
+        try:
+            field, _ = radar.read_rain_rate(frame.path, cfg["importer"], cfg.get("importer_kwargs") or {},
+                                            zr_a=cfg.get("zr_a"), zr_b=cfg.get("zr_b"))
+        except ValueError as err:  # unknown units, missing Z-R, unreadable file
+            raise PredictError(f"{frame.path}: cannot convert to rain rate (mm/h): {err}") from err
+        factor = int(cfg.get("downsample_factor", 1))
+        rain.append(radar.downsample(field, factor) if factor > 1 else field)
+    shapes = {r.shape for r in rain}
+    if len(shapes) > 1:
+        raise PredictError(f"wrong grid: the files in {folder} have different shapes {sorted(shapes)}")
+    return np.stack(rain).astype(np.float32), [f.time for f in frames]
+
+
+def _check_rain_units(rain: np.ndarray, where) -> None:
+    finite = rain[np.isfinite(rain)]
+    if finite.size == 0:
+        raise PredictError(f"{where}: no finite rain value in the input frames")
+    if finite.min() < 0:
+        raise PredictError(f"wrong units: {where} has negative values (min {finite.min():.3g}); expected rain "
+                           "rate in mm/h (dBZ or dBR must be converted first)")
+    if finite.max() > 1000:
+        raise PredictError(f"wrong units: {where} has values up to {finite.max():.3g}; expected mm/h "
+                           "(is it reflectivity Z, or an accumulation in 0.01 mm?)")
+
+
+def _check_spacing(times, sidecar: dict, where) -> None:
+    step = sidecar.get("time_step_minutes")
+    if times is None or step is None or len(times) < 2:
+        return
+    gaps = [(b - a).total_seconds() / 60 for a, b in zip(times[:-1], times[1:])]
+    if any(abs(g - step) > 1e-6 for g in gaps):
+        raise PredictError(f"{where}: the last {len(times)} frames are not {step} min apart (gaps {gaps} min); "
+                           "the forecaster needs consecutive frames")
+
+
+def predict_radar(forecast, sidecar: dict, input_path, out_path, *, png: bool = True) -> list[Path]:
+    """Folder / npz of radar frames -> ``out_path`` (.npz or .nc) [+ .png]; see the module docstring."""
+    rain, times = read_radar_inputs(sidecar, input_path)
+    x = np.nan_to_num(rain, nan=0.0)[None, ..., None]  # [1, J, H, W, 1]; outside the domain -> 0 mm/h
+    y = np.asarray(forecast(x))[0, ..., 0]  # [K, H, W] mm/h
+    y = np.where(np.isnan(rain[-1])[None], np.nan, y).astype(np.float32)  # keep the domain mask
+    step = sidecar.get("time_step_minutes")
+    valid = ([(times[-1] + timedelta(minutes=step * (k + 1))).isoformat() for k in range(len(y))]
+             if times is not None and step else [])
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    written = [_write_nc(out_path, y, valid, sidecar) if out_path.suffix == ".nc" else out_path]
+    if out_path.suffix != ".nc":
+        np.savez_compressed(out_path, forecast_mm_h=y, valid_times=np.asarray(valid, dtype=str),
+                            input_times=np.asarray([t.isoformat() for t in times or []], dtype=str),
+                            time_step_minutes=np.asarray(step if step is not None else np.nan))
+    if png:
+        written.append(plot_radar(rain, y, out_path.with_suffix(".png"), step))
+    return written
+
+
+def _write_nc(path: Path, y: np.ndarray, valid: list[str], sidecar: dict) -> Path:
+    try:
+        import netCDF4
+    except ImportError as err:
+        raise PredictError("writing .nc needs netCDF4 (pip install 'nowcast-jax[radar]'); use .npz") from err
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("lead", y.shape[0])
+        nc.createDimension("y", y.shape[1])
+        nc.createDimension("x", y.shape[2])
+        var = nc.createVariable("precip_rate", "f4", ("lead", "y", "x"), zlib=True)
+        var.units = "mm/h"
+        var[:] = y
+        lead = nc.createVariable("lead_minutes", "f4", ("lead",))
+        lead[:] = np.arange(1, y.shape[0] + 1) * float(sidecar.get("time_step_minutes") or np.nan)
+        nc.valid_times = " ".join(valid)
+    return path
+
+
+def plot_radar(inputs: np.ndarray, forecast: np.ndarray, path: Path, step=None) -> Path:
+    """A PNG: the input frames (top row) and the forecast frames (bottom row), mm/h."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = max(len(inputs), len(forecast))
+    fig, axes = plt.subplots(2, cols, figsize=(1.6 * cols, 3.4), squeeze=False)
+    vmax = max(float(np.nanmax(inputs)) if np.isfinite(inputs).any() else 1.0, 1.0)
+    for row, frames, label in ((0, inputs, "input"), (1, forecast, "forecast")):
+        for k in range(cols):
+            ax = axes[row, k]
+            ax.axis("off")
+            if k < len(frames):
+                im = ax.imshow(frames[k], vmin=0, vmax=vmax, cmap="Blues")
+                minutes = (k - len(frames) + 1 if row == 0 else k + 1) * (step or 0)
+                ax.set_title(f"{label} {minutes:+.0f} min" if step else f"{label} {k}", fontsize=7)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="mm/h")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------ station
+def read_station_inputs(sidecar: dict, csv_path) -> tuple[np.ndarray, list[str], list[np.datetime64]]:
+    """``(x [S, T, F] raw features, station names, issue times)`` from the last T grid steps."""
+    from nowcast_jax.data import station_features, station_io
+
+    for key in ("features", "history", "step", "csv"):
+        if key not in sidecar:
+            raise PredictError(f"the forecaster's sidecar lacks {key!r} (needed to read a station CSV)")
+    contract = dict(sidecar["csv"])
+    contract.pop("path", None)
+    contract.pop("visibility_cap_m", None)
+    history, step, features = int(sidecar["history"]), str(sidecar["step"]), list(sidecar["features"])
+    try:
+        table, _ = station_io.read_station_csv(csv_path, **contract)
+    except ValueError as err:  # missing columns, unknown units, unparseable times
+        raise PredictError(f"{csv_path}: does not follow the forecaster's CSV contract: {err}") from err
+    except FileNotFoundError as err:
+        raise PredictError(f"{csv_path} not found") from err
+    if table.empty:
+        raise PredictError(f"{csv_path}: no rows with a valid time")
+    grids, _ = station_io.to_grid(table, step)
+    xs, names, issued, short = [], [], [], []
+    for grid in grids:
+        values = {k: (station_io.interpolate_short_gaps(v, int(sidecar.get("max_interp_steps", 0)))[0]
+                      if k in sidecar.get("interpolate", ()) else v) for k, v in grid.values.items()}
+        matrix, _ = station_features.feature_matrix(values, features, calm_ms=float(sidecar.get("calm_ms", 0.0)),
+                                                    variable_wind=str(sidecar.get("variable_wind", "missing")))
+        window = matrix[-history:]
+        if len(window) < history or not np.isfinite(window).all():
+            bad = [f for f, ok in zip(features, np.isfinite(window).all(axis=0)) if not ok]
+            short.append(f"{grid.name} ({len(window)} steps" + (f", missing {bad}" if bad else "") + ")")
+            continue
+        xs.append(window)
+        names.append(grid.name)
+        issued.append(grid.times[-1])
+    if short:
+        raise PredictError(f"too little history: the forecaster needs the last {history} steps of {step} "
+                           f"complete for {features}; not so for station(s) {', '.join(short)}")
+    return np.stack(xs).astype(np.float32), names, issued
+
+
+def predict_station(forecast, sidecar: dict, csv_path, out_path) -> list[Path]:
+    """Station CSV -> CSV of forecasts: one row per station and horizon (visibility in metres)."""
+    import pandas as pd
+
+    x, names, issued = read_station_inputs(sidecar, csv_path)
+    y = np.asarray(forecast(x))  # [S, n_h] in the output units of the sidecar
+    horizons = list(sidecar.get("horizons_hours", range(1, y.shape[1] + 1)))
+    if len(horizons) != y.shape[1]:
+        raise PredictError(f"forecaster returns {y.shape[1]} horizons; sidecar lists {horizons}")
+    column = f"visibility_{sidecar.get('outputs', [{}])[0].get('units', 'm')}"
+    rows = [{"station": s, "issue_time": pd.Timestamp(t).isoformat() + "Z", "horizon_hours": h,
+             "valid_time": (pd.Timestamp(t) + pd.Timedelta(hours=float(h))).isoformat() + "Z", column: float(v)}
+            for s, t, ys in zip(names, issued, y) for h, v in zip(horizons, ys)]
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out_path, index=False)
+    return [out_path]
