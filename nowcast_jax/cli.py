@@ -1,0 +1,313 @@
+"""Command line: ``nowcast-jax train | evaluate`` (``predict`` / ``export`` plug in here).
+
+    nowcast-jax train --config configs/NAME.py[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]
+    nowcast-jax train --workdir DIR [--config.KEY=VALUE ...]      # continue with DIR's config
+    nowcast-jax evaluate --workdir DIR [--split test] [--config.KEY=VALUE ...]
+
+Adding a subcommand: write ``add_args(parser)`` and ``run(args, overrides) -> int`` and
+register them in :data:`SUBCOMMANDS` (``SUBCOMMANDS["predict"] = Subcommand(...)``).
+Config overrides reach ``run`` as a list of ``"KEY=VALUE"`` strings; use
+:func:`resolve_config` / :func:`stored_config` and :func:`load_task` to get a config and a
+task. This is the only module that parses flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from nowcast_jax import config as config_lib
+
+# Short task names -> "module:factory". A factory takes the ConfigDict, returns a Task.
+TASKS = {
+    "precip": "nowcast_jax.tasks.precip:make_task",
+    "visibility": "nowcast_jax.tasks.visibility:make_task",
+}
+
+
+class CLIError(Exception):
+    """A user error: printed without a traceback, exit code 2."""
+
+
+def configure_runtime() -> None:
+    """Process-wide runtime settings, applied before JAX starts (XLA flags etc.).
+
+    Nothing is needed yet; add CPU/GPU speed flags here (e.g. append to ``XLA_FLAGS`` with
+    ``os.environ.setdefault``) so that every subcommand gets them. Multi-host runs call
+    ``jax.distributed.initialize()`` here (see ``nowcast_jax.train``'s module docstring)
+    when ``NOWCAST_JAX_DISTRIBUTED=1``.
+    """
+    if os.environ.get("NOWCAST_JAX_DISTRIBUTED") == "1":
+        import jax
+
+        jax.distributed.initialize()
+
+
+# ------------------------------------------------------------------------------ helpers
+def load_task(config):
+    """Build the task named by ``config.task`` (short name or ``"module.path:factory"``)."""
+    spec = TASKS.get(config.task, config.task)
+    module_name, sep, factory_name = spec.partition(":")
+    if not sep or not module_name or not factory_name:
+        raise CLIError(f"config.task={config.task!r}: expected one of {sorted(TASKS)} or 'module.path:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        raise CLIError(f"config.task={config.task!r}: cannot import {module_name!r} ({err})") from err
+    factory = getattr(module, factory_name, None)
+    if factory is None:
+        raise CLIError(f"config.task={config.task!r}: {module_name} has no {factory_name!r}")
+    return factory(config)
+
+
+def stored_config(workdir: Path) -> config_lib.ConfigDict:
+    """The resolved config saved in ``workdir/config.json`` by ``train``."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise CLIError(f"{path} not found: is {workdir} a training workdir?")
+    return config_lib.from_json(path.read_text(encoding="utf-8"))
+
+
+def resolve_config(spec: str | None, workdir: Path | None, overrides: list[str]):
+    """Config from ``spec`` (file[:variant]) or else the workdir's stored one, plus overrides."""
+    if spec:
+        base = config_lib.load_config(spec)
+    elif workdir is not None:
+        base = stored_config(workdir)
+    else:
+        raise CLIError("give --config configs/NAME.py[:VARIANT] (or a --workdir holding config.json)")
+    return config_lib.apply_overrides(base, overrides)
+
+
+def split_overrides(extra: list[str]) -> list[str]:
+    """``["--config.a=1", "--config.b", "2"]`` -> ``["a=1", "b=2"]``; other flags are errors."""
+    out, i = [], 0
+    while i < len(extra):
+        item = extra[i]
+        if not item.startswith("--config."):
+            raise CLIError(f"unrecognised argument {item!r} (overrides look like --config.KEY=VALUE)")
+        if "=" not in item:
+            if i + 1 >= len(extra):
+                raise CLIError(f"{item} needs a value")
+            item, i = f"{item}={extra[i + 1]}", i + 1
+        out.append(item[len("--config."):])
+        i += 1
+    return out
+
+
+# ------------------------------------------------------------------------------ train
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="configs/NAME.py or configs/NAME.py:VARIANT "
+                                    "(default: the workdir's stored config)")
+    p.add_argument("--workdir", required=True, type=Path)
+
+
+def run_train(args, overrides: list[str]) -> int:
+    config = resolve_config(args.config, args.workdir, overrides)
+    task = load_task(config)
+    from nowcast_jax import loop
+
+    try:
+        result = loop.train(config, args.workdir, task)
+    except loop.NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0 if result.reason in ("done", "signal", "already_done") else 1
+
+
+# ------------------------------------------------------------------------------ evaluate
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, type=Path)
+    p.add_argument("--split", default="test")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best)")
+
+
+def restore_params(config, workdir: Path, task, step: int | None = None):
+    """(step, params) of the best (or given) checkpoint, with the task's extras loaded."""
+    from nowcast_jax import loop
+    from nowcast_jax import train as engine
+
+    mesh = engine.make_mesh()
+    tx, _ = engine.optimizer_from_config(config.train)
+    manager = loop.open_checkpoints(config, workdir)
+    try:
+        step = manager.best_step() if step is None else step
+        if step is None:
+            raise CLIError(f"no checkpoint in {manager.directory}")
+        restored = manager.restore(engine.abstract_state(task, tx, config.seed, mesh), step)
+    finally:
+        manager.close()
+    task.load_extras(restored.extras)
+    return restored.step, restored.state.params
+
+
+def format_table(results: dict) -> str:
+    """Rows ``forecaster / score``, one column per lead time (or a single value)."""
+    rows = []
+    for forecaster, scores in results.items():
+        if not isinstance(scores, dict):
+            rows.append((forecaster, "", [scores]))
+            continue
+        for name, values in scores.items():
+            values = values if isinstance(values, (list, tuple)) else [values]
+            rows.append((forecaster, name, values))
+    width = max((len(r[2]) for r in rows), default=1)
+    head = ["forecaster", "score"] + ([f"lead{i + 1}" for i in range(width)] if width > 1 else ["value"])
+    body = [[f, s] + [f"{v:.4g}" if isinstance(v, (int, float)) else str(v) for v in vals] for f, s, vals in rows]
+    cols = [max(len(str(r[i])) for r in [head] + body if i < len(r)) for i in range(len(head))]
+    fmt = lambda r: "  ".join(str(c).ljust(cols[i]) for i, c in enumerate(r))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * c for c in cols])] + [fmt(r) for r in body])
+
+
+def run_evaluate(args, overrides: list[str]) -> int:
+    config = config_lib.apply_overrides(stored_config(args.workdir), overrides)
+    task = load_task(config)
+    step, params = restore_params(config, args.workdir, task, args.step)
+    results = task.evaluate(params, args.split)
+    print(f"{args.split} scores of checkpoint step {step} ({args.workdir})")
+    print(format_table(results))
+    out = args.workdir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
+    print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ dispatch
+@dataclasses.dataclass
+class Subcommand:
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, list[str]], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "train": Subcommand("train a model (resumes from the workdir's checkpoints)", _train_args, run_train),
+    "evaluate": Subcommand("score the best checkpoint on the test split", _evaluate_args, run_evaluate),
+    # "predict": Subcommand(...), "export": Subcommand(...)  <- added by their modules' authors
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nowcast-jax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, cmd in SUBCOMMANDS.items():
+        cmd.add_args(sub.add_parser(name, help=cmd.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        overrides = split_overrides(extra)
+        configure_runtime()
+        return SUBCOMMANDS[args.command].run(args, overrides)
+    except (CLIError, config_lib.ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # engine config / checkpoint errors: a message, no traceback wall
+        from nowcast_jax.checkpoint import CheckpointError
+        from nowcast_jax.train import EngineConfigError
+
+        if isinstance(err, EngineConfigError):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if isinstance(err, CheckpointError):
+            print(f"error: {err}", file=sys.stderr)
+            return 3
+        raise
+
+
+# ------------------------------------------------------------------------------ export / predict
+# (issue 7) Both ask the task for its raw-units forecaster via the optional Task method
+# ``export_spec(params) -> (fn, input_specs, sidecar)``; see nowcast_jax.export.export_task.
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="artifact file, e.g. forecaster.jaxexport "
+                                                          "(the sidecar goes to FILE.json)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best)")
+    p.add_argument("--platforms", default="cpu", help="comma-separated lowering platforms, e.g. cpu,cuda")
+
+
+def _task_forecaster(args, overrides: list[str]):
+    """(config, step, fn, input_specs, sidecar) of the workdir's best (or --step) checkpoint."""
+    import jax
+
+    from nowcast_jax import export as export_lib
+
+    config = config_lib.apply_overrides(stored_config(args.workdir), overrides)
+    task = load_task(config)
+    step, params = restore_params(config, args.workdir, task, args.step)
+    params = jax.device_get(params)  # host copies: they become constants of the exported function
+    extra = {"checkpoint_step": int(step), "workdir": str(Path(args.workdir).resolve()),
+             "config": config_lib.to_dict(config)}
+    try:
+        fn, specs, sidecar = export_lib.task_spec(task, params, extra)
+    except export_lib.ExportError as err:
+        raise CLIError(str(err)) from err
+    return config, step, fn, specs, sidecar
+
+
+def run_export(args, overrides: list[str]) -> int:
+    from nowcast_jax import export as export_lib
+
+    _, step, fn, specs, sidecar = _task_forecaster(args, overrides)
+    try:
+        path = export_lib.export_forecaster(fn, specs, sidecar, args.out,
+                                            platforms=[p for p in args.platforms.split(",") if p])
+    except export_lib.ExportError as err:
+        raise CLIError(str(err)) from err
+    print(f"exported checkpoint step {step} of {args.workdir} to {path} (+ {path.name}.json)")
+    return 0
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", type=Path, help="a training workdir (best checkpoint, or --step)")
+    src.add_argument("--artifact", type=Path, help="an artifact written by 'nowcast-jax export'")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step with --workdir (default: the best)")
+    p.add_argument("--input", required=True, type=Path,
+                   help="radar: a folder of radar files (or an .npz with rain_mm_h [T,H,W]); station: a CSV")
+    p.add_argument("--out", required=True, type=Path,
+                   help="radar: forecast .npz or .nc (a .png is written beside it); station: a .csv")
+    p.add_argument("--no-png", action="store_true", help="radar: skip the PNG")
+
+
+def run_predict(args, overrides: list[str]) -> int:
+    from nowcast_jax import artifact as artifact_lib
+    from nowcast_jax import predict as predict_lib
+
+    try:
+        if args.artifact is not None:
+            if overrides:
+                raise CLIError("--config.KEY=VALUE overrides only apply with --workdir")
+            forecast, sidecar = artifact_lib.load_artifact(args.artifact)
+        else:
+            from nowcast_jax import export as export_lib
+
+            _, _, fn, specs, sidecar = _task_forecaster(args, overrides)
+            exported, sidecar = export_lib.build(fn, specs, sidecar)
+            forecast = lambda *xs: exported.call(*artifact_lib.check_inputs(sidecar, xs))  # noqa: E731
+        written = predict_lib.predict(forecast, sidecar, args.input, args.out, png=not args.no_png)
+    except (predict_lib.PredictError, artifact_lib.ArtifactError) as err:
+        raise CLIError(str(err)) from err
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+SUBCOMMANDS["export"] = Subcommand("write the best checkpoint as a jax.export artifact + JSON sidecar",
+                                   _export_args, run_export)
+SUBCOMMANDS["predict"] = Subcommand("forecast new radar frames or station observations", _predict_args,
+                                    run_predict)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The real CLI in subprocesses: kill/resume determinism, SIGKILL mid-save, SIGTERM, evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.engine_utils import TOY, cli_env, restore_state, run_cli, start_cli, train_log
+from nowcast_jax import cli
+
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+def _steps(workdir) -> tuple[list[int], list[str]]:
+    """(complete step dirs, tmp dirs) under workdir/checkpoints."""
+    d = Path(workdir) / "checkpoints"
+    names = [p.name for p in d.iterdir()] if d.exists() else []
+    return sorted(int(n) for n in names if n.isdigit()), [n for n in names if TMP_SUFFIX in n]
+
+
+def _assert_ok(proc, what="run"):
+    assert proc.returncode == 0, f"{what} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """20 toy steps in one process."""
+    workdir = tmp_path_factory.mktemp("straight")
+    _assert_ok(run_cli("train", "--config", TOY, "--workdir", workdir))
+    return workdir
+
+
+def test_kill_and_resume_is_the_same_run(straight, tmp_path):
+    proc = run_cli("train", "--config", TOY, "--workdir", tmp_path, env=cli_env(TOY_KILL_AT_STEP=13))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert _steps(tmp_path)[0][-1] in (5, 10)
+    proc = run_cli("train", "--config", TOY, "--workdir", tmp_path)
+    _assert_ok(proc, "resume")
+    assert "resuming from step 10" in proc.stderr or "resuming from step 5" in proc.stderr
+
+    a, b = train_log(straight), train_log(tmp_path)
+    assert [r["step"] for r in b] == list(range(1, 21))  # each step exactly once
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    pa, pb = restore_state(straight, 20).state, restore_state(tmp_path, 20).state
+    for x, y in zip(*map(lambda s: __import__("jax").tree.leaves(s), (pa, pb))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bitwise
+
+
+def test_sigkill_during_save_then_resume(tmp_path):
+    args = ("train", "--config", TOY + ":long", "--workdir", tmp_path, "--config.checkpoint.every_steps=1",
+            "--config.eval.every_steps=0", "--config.train.log_every_steps=1000")
+    proc = start_cli(*args)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:  # wait for a few complete steps, then kill mid-save
+            complete, tmp = _steps(tmp_path)
+            if len(complete) >= 2 and tmp:
+                break
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    complete, tmp = _steps(tmp_path)
+    assert complete, "no checkpoint was written before the kill"
+    print(f"killed with complete steps {complete[-3:]} and partial saves {tmp}")
+    # A leftover partial save (planted, in case the kill fell between two saves).
+    fake = tmp_path / "checkpoints" / f"{complete[-1] + 1}{TMP_SUFFIX}-123"
+    (fake / "state").mkdir(parents=True, exist_ok=True)
+    (fake / "state" / "junk").write_bytes(b"\0" * 10)
+
+    last = complete[-1]
+    proc = run_cli("train", "--config", TOY + ":long", "--workdir", tmp_path,
+                   f"--config.train.steps={last + 2}", "--config.eval.every_steps=0")
+    _assert_ok(proc, "resume after SIGKILL")
+    assert f"resuming from step {last}" in proc.stderr
+    complete2, tmp2 = _steps(tmp_path)
+    assert tmp2 == [] and complete2[-1] == last + 2
+
+
+def test_sigterm_saves_and_exits_zero_then_continues(tmp_path):
+    proc = start_cli("train", "--config", TOY + ":long", "--workdir", tmp_path)
+    try:
+        deadline = time.time() + 90
+        while len(train_log(tmp_path)) < 5 and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "SIGTERM" in err
+    stopped = train_log(tmp_path)[-1]["step"]
+    assert _steps(tmp_path)[0][-1] == stopped
+
+    # no --config: the workdir's stored config is used, with the override on top
+    proc = run_cli("train", "--workdir", tmp_path, f"--config.train.steps={stopped + 3}")
+    _assert_ok(proc, "continue after SIGTERM")
+    assert f"resuming from step {stopped}" in proc.stderr
+    assert [r["step"] for r in train_log(tmp_path)] == list(range(1, stopped + 4))
+
+
+def test_evaluate_restores_best_and_writes_metrics(straight):
+    proc = run_cli("evaluate", "--workdir", straight)
+    _assert_ok(proc, "evaluate")
+    metrics = json.loads((straight / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"model", "zero"}
+    assert len(metrics["model"]["mse"]) == 3
+    evals = [json.loads(l) for l in (straight / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["kind"] == "eval" and r["step"] in _steps(straight)[0]]
+    best = min(evals, key=lambda r: r["loss"])["step"]
+    assert f"checkpoint step {best}" in proc.stdout
+    assert "model" in proc.stdout and "lead3" in proc.stdout
+    # overrides apply to the stored config (here: a different test-set size); typos fail
+    _assert_ok(run_cli("evaluate", "--workdir", straight, "--config.data.eval_size=8"), "evaluate override")
+    bad = run_cli("evaluate", "--workdir", straight, "--config.data.eval_sise=8")
+    assert bad.returncode == 2 and "data.eval_sise" in bad.stderr and "data.eval_size" in bad.stderr
+
+
+def test_structurally_different_checkpoint_is_a_clear_error(straight, capsys):
+    before = (straight / "config.json").read_text()
+    assert cli.main(["train", "--workdir", str(straight), "--config.model.hidden=(16,)"]) == 3
+    err = capsys.readouterr().err
+    assert "does not match the model/optimizer built from the current config" in err
+    assert "params/layer0/w: checkpoint ((4, 8), 'float32') vs expected ((4, 16), 'float32')" in err
+    assert (straight / "config.json").read_text() == before  # stored config untouched
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.train.stepz=3", "unknown config key 'train.stepz' (did you mean train.steps"),
+    ("--config.train.steps=ten", "config key 'train.steps' expects int"),
+    ("--config.train.learning_rate=fast", "config key 'train.learning_rate' expects float"),
+])
+def test_config_errors_fail_before_training(tmp_path, capsys, override, message):
+    workdir = tmp_path / "w"
+    assert cli.main(["train", "--config", TOY, "--workdir", str(workdir), override]) == 2
+    assert message in capsys.readouterr().err
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.checkpoint.best_metric=los", "checkpoint.best_metric='los' is not an eval metric of task 'toy' (have: loss, mae)"),
+    ("--config.train.optimizer.name=sgd", "train.optimizer.name must be 'adam' or 'rmsprop'"),
+    ("--config.train.batch_size=0", "train.batch_size"),
+])
+def test_engine_config_errors_fail_before_training(tmp_path, capsys, override, message):
+    assert cli.main(["train", "--config", TOY, "--workdir", str(tmp_path), override]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_unknown_flag_and_bad_task(tmp_path, capsys):
+    assert cli.main(["train", "--config", TOY, "--workdir", str(tmp_path), "--steps=3"]) == 2
+    assert "unrecognised argument '--steps=3'" in capsys.readouterr().err
+    assert cli.main(["train", "--config", TOY, "--workdir", str(tmp_path), "--config.task=nope.mod:make"]) == 2
+    assert "cannot import 'nope.mod'" in capsys.readouterr().err
+
+
+def test_format_table():
+    text = cli.format_table({"model": {"csi_0.5": [0.5, 0.25]}, "persistence": {"csi_0.5": [0.4, 0.2]}})
+    lines = text.splitlines()
+    assert lines[0].split() == ["forecaster", "score", "lead1", "lead2"]
+    assert lines[2].split() == ["model", "csi_0.5", "0.5", "0.25"]
