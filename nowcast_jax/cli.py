@@ -169,11 +169,12 @@ def run_evaluate(args, overrides: list[str]) -> int:
     config = config_lib.apply_overrides(stored_config(args.workdir), overrides)
     task = load_task(config)
     step, params = restore_params(config, args.workdir, task, args.step)
-    results = task.evaluate(params, args.split)
-    print(f"{args.split} scores of checkpoint step {step} ({args.workdir})")
-    print(format_table(results))
     out = args.workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
+    results = task.evaluate(params, args.split, out_dir=out)
+    print(f"{args.split} scores of checkpoint step {step} ({args.workdir})")
+    report = getattr(task, "format_report", None)
+    print(report(results) if callable(report) else format_table(results))
     (out / "metrics.json").write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
     print(f"wrote {out / 'metrics.json'}")
     return 0

@@ -77,7 +77,7 @@ class ToyTask:
         for i in range(0, self.eval_size, batch_size):
             yield {"x": x[i:i + batch_size], "y": y[i:i + batch_size]}
 
-    def evaluate(self, params, split):
+    def evaluate(self, params, split, out_dir=None):
         sq_model, sq_zero, n = 0.0, 0.0, 0
         for batch in self.eval_batches(split, 16):
             pred = np.asarray(self.apply(params, batch["x"]))
