@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from nowcast_jax import config as config_lib
+from nowcast_jax.metrics import json_safe
 
 # Short task names -> "module:factory". A factory takes the ConfigDict, returns a Task.
 TASKS = {
@@ -175,7 +176,7 @@ def run_evaluate(args, overrides: list[str]) -> int:
     print(f"{args.split} scores of checkpoint step {step} ({args.workdir})")
     report = getattr(task, "format_report", None)
     print(report(results) if callable(report) else format_table(results))
-    (out / "metrics.json").write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
+    (out / "metrics.json").write_text(json.dumps(json_safe(results), indent=2), encoding="utf-8")
     print(f"wrote {out / 'metrics.json'}")
     return 0
 

@@ -333,3 +333,16 @@ def named_scores(results: dict, names: Sequence[str] = ("csi", "pod", "far")) ->
         else:
             out[name] = val.tolist()
     return out
+
+
+def json_safe(obj):
+    """Results -> JSON-able (NaN/inf -> None, numpy -> python)."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

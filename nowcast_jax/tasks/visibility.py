@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nowcast_jax import losses, models
+from nowcast_jax import losses, metrics, models
 from nowcast_jax.data import station as station_data
 from nowcast_jax.data.station_features import FEATURE_SETS, MinMaxScaler
 from nowcast_jax.tasks import visibility_report as report
@@ -392,7 +392,7 @@ def format_report(results: dict, horizons_hours=None) -> str:
 
 def save_results(results: dict, path) -> None:
     """Write results as JSON (NaN -> null)."""
-    Path(path).write_text(json.dumps(report.json_safe(results), indent=2), encoding="utf-8")
+    Path(path).write_text(json.dumps(metrics.json_safe(results), indent=2), encoding="utf-8")
 
 
 def make_task(config) -> VisibilityTask:

@@ -174,19 +174,6 @@ def score_all(forecasts: dict, windows, *, hazy: np.ndarray, thresholds=(1000.0,
     return results
 
 
-def json_safe(obj):
-    """Results -> JSON-able (NaN/inf -> None, numpy -> python)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 # ------------------------------------------------------------------------------ tables
 def _fmt(v, score: str) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
