@@ -178,3 +178,19 @@ def test_cli_end_to_end(weather_csv, tmp_path):
     bad = run_cli("train", "--config", CONFIG + ":tiny", "--workdir", tmp_path / "bad",
                   "--config.data.columns.visibility=vsby", env=env)
     assert bad.returncode != 0 and "column 'vsby' not found" in bad.stderr
+
+
+def test_exported_forecaster_matches_task_forecast(task, trained, tmp_path):
+    """The artifact takes raw canonical features and gives metres, like task.predict on scaled x."""
+    pytest.importorskip("flatbuffers")
+    from nowcast_jax import artifact, export
+
+    params, _ = trained
+    path = export.export_task(task, params, tmp_path / "vis.jaxexport")
+    forecast, sidecar = artifact.load_artifact(path)
+    assert sidecar["kind"] == "station" and sidecar["features"] == list(task.features)
+    windows = task.split("test")
+    raw = task.scaler.inverse_transform(windows.x[:7]).astype(np.float32)
+    got = np.asarray(forecast(raw))
+    want = task.predict(params, windows.x[:7])["value"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=0.5)  # metres

