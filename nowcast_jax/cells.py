@@ -101,9 +101,19 @@ def embed_kernel(w: jax.Array, size: int) -> jax.Array:
 
 
 def fused_kernel(params: Params) -> jax.Array:
-    """One kernel ``[k, k, Cin + F, 4F]`` over ``concat([x, h])`` from ``w_x`` and ``w_h``."""
+    """One kernel ``[k, k, Cin + F, 4F]`` over ``concat([x, h])`` from ``w_x`` and ``w_h``.
+
+    A cell that reads no input (``in_channels=0``, e.g. the paper's forecaster) has no ``w_x``.
+    """
+    if "w_x" not in params:
+        return params["w_h"]
     size = max(params["w_x"].shape[0], params["w_h"].shape[0])
     return jnp.concatenate([embed_kernel(params["w_x"], size), embed_kernel(params["w_h"], size)], axis=2)
+
+
+def input_width(params: Params, axis: int) -> int:
+    """Input channels/features a cell was initialised for (0 when it has no ``w_x``)."""
+    return params["w_x"].shape[axis] if "w_x" in params else 0
 
 
 def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, peepholes: bool = True,
@@ -129,15 +139,17 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
     pshape = (F,) if peephole_shape is None else (*tuple(peephole_shape), F)
 
     def init(key: jax.Array, in_channels: int) -> Params:
-        """Parameters: ``w_x [kx,kx,Cin,4F]``, ``w_h [kh,kh,F,4F]``, ``b [4F]`` (+ ``w_c* [.., F]``)."""
+        """Parameters: ``w_x [kx,kx,Cin,4F]`` (absent when ``in_channels == 0``),
+        ``w_h [kh,kh,F,4F]``, ``b [4F]`` (+ ``w_c* [.., F]``)."""
         kx, kh, kp = jax.random.split(key, 3)
         fan_in = kernel_x * kernel_x * in_channels + kernel_h * kernel_h * F
         scale = math.sqrt(6.0 / (fan_in + 4 * F))
         params = {
-            "w_x": _uniform(kx, (kernel_x, kernel_x, in_channels, 4 * F), scale, param_dtype),
             "w_h": _uniform(kh, (kernel_h, kernel_h, F, 4 * F), scale, param_dtype),
             "b": _gate_bias(F, forget_bias, param_dtype),
         }
+        if in_channels:
+            params["w_x"] = _uniform(kx, (kernel_x, kernel_x, in_channels, 4 * F), scale, param_dtype)
         if peepholes:
             params.update(_peephole_params(kp, pshape, param_dtype))
         return params
@@ -149,7 +161,7 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
 
     def apply(params: Params, carry: LSTMState, x: jax.Array) -> tuple[LSTMState, jax.Array]:
         """One step: ``x [B, H, W, Cin]`` -> ``(LSTMState, h [B, H, W, F])``."""
-        cin = params["w_x"].shape[2]
+        cin = input_width(params, 2)
         if x.ndim != 4:
             raise ValueError(f"conv_lstm.apply: x must be [B, H, W, C] (rank 4); got shape {tuple(x.shape)}")
         if x.shape[-1] != cin:
@@ -178,14 +190,16 @@ def lstm(hidden_size: int, *, peepholes: bool = False, forget_bias: float = 1.0,
         raise ValueError(f"lstm: hidden_size must be positive; got {hidden_size}")
 
     def init(key: jax.Array, in_features: int) -> Params:
-        """Parameters: ``w_x [Fin, 4F]``, ``w_h [F, 4F]``, ``b [4F]`` (+ ``w_c* [F]``)."""
+        """Parameters: ``w_x [Fin, 4F]`` (absent when ``in_features == 0``), ``w_h [F, 4F]``,
+        ``b [4F]`` (+ ``w_c* [F]``)."""
         kx, kh, kp = jax.random.split(key, 3)
         scale = math.sqrt(6.0 / (in_features + F + 4 * F))
         params = {
-            "w_x": _uniform(kx, (in_features, 4 * F), scale, param_dtype),
             "w_h": _uniform(kh, (F, 4 * F), scale, param_dtype),
             "b": _gate_bias(F, forget_bias, param_dtype),
         }
+        if in_features:
+            params["w_x"] = _uniform(kx, (in_features, 4 * F), scale, param_dtype)
         if peepholes:
             params.update(_peephole_params(kp, (F,), param_dtype))
         return params
@@ -199,14 +213,14 @@ def lstm(hidden_size: int, *, peepholes: bool = False, forget_bias: float = 1.0,
 
     def apply(params: Params, carry: LSTMState, x: jax.Array) -> tuple[LSTMState, jax.Array]:
         """One step: ``x [B, Fin]`` -> ``(LSTMState, h [B, F])``."""
-        fin = params["w_x"].shape[0]
+        fin = input_width(params, 0)
         if x.ndim != 2:
             raise ValueError(f"lstm.apply: x must be [B, F] (rank 2); got shape {tuple(x.shape)}")
         if x.shape[-1] != fin:
             raise ValueError(f"lstm.apply: x has {x.shape[-1]} features but the cell was initialised for {fin}")
         _check_carry(carry, (x.shape[0], F), "lstm.apply")
         dtype = compute_dtype or x.dtype
-        w = jnp.concatenate([params["w_x"], params["w_h"]], axis=0).astype(dtype)
+        w = (jnp.concatenate([params["w_x"], params["w_h"]], axis=0) if fin else params["w_h"]).astype(dtype)
         z = jnp.concatenate([x.astype(dtype), carry.h.astype(dtype)], axis=-1) @ w
         state = _lstm_update(z.astype(carry.c.dtype) + params["b"], carry.c, params)
         return state, state.h

@@ -130,3 +130,22 @@ def test_lstm_errors_name_the_problem():
         cell.apply(params, carry, jnp.zeros((2, 5)))
     with pytest.raises(ValueError, match="carry"):
         cell.apply(params, cell.initial_carry(3), jnp.zeros((2, 3)))
+
+
+def test_cells_without_input_have_no_input_kernel():
+    """The paper's forecaster reads no input: no zero-size w_x (checkpoint formats reject empty arrays)."""
+    conv_cell = cells.conv_lstm(3, 3, 5)
+    p = conv_cell.init(jax.random.PRNGKey(0), 0)
+    assert "w_x" not in p
+    carry = cells.LSTMState(jnp.ones((2, 4, 4, 3)), jnp.ones((2, 4, 4, 3)))
+    (c1, h1), _ = conv_cell.apply(p, carry, jnp.zeros((2, 4, 4, 0)))
+    c_ref, h_ref = ref.conv_lstm_step(dict(p, w_x=np.zeros((3, 3, 0, 12))), np.ones((2, 4, 4, 3)),
+                                      np.ones((2, 4, 4, 3)), np.zeros((2, 4, 4, 0)))
+    np.testing.assert_allclose(h1, h_ref, rtol=1e-5, atol=1e-5)
+    dense = cells.lstm(4)
+    p = dense.init(jax.random.PRNGKey(0), 0)
+    assert "w_x" not in p
+    _, h = dense.apply(p, dense.initial_carry(2), jnp.zeros((2, 0)))
+    assert h.shape == (2, 4)
+    with pytest.raises(ValueError, match="initialised for 0"):
+        dense.apply(p, dense.initial_carry(2), jnp.zeros((2, 3)))
