@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
 import sys
@@ -24,12 +23,8 @@ from typing import Callable
 
 from nowcast_jax import config as config_lib
 from nowcast_jax.metrics import json_safe
+from nowcast_jax.workdir import TASKS, WorkdirError, load_task, restore_params, stored_config  # noqa: F401 (re-exported for scripts)
 
-# Short task names -> "module:factory". A factory takes the ConfigDict, returns a Task.
-TASKS = {
-    "precip": "nowcast_jax.tasks.precip:make_task",
-    "visibility": "nowcast_jax.tasks.visibility:make_task",
-}
 
 
 class CLIError(Exception):
@@ -51,30 +46,6 @@ def configure_runtime() -> None:
 
 
 # ------------------------------------------------------------------------------ helpers
-def load_task(config):
-    """Build the task named by ``config.task`` (short name or ``"module.path:factory"``)."""
-    spec = TASKS.get(config.task, config.task)
-    module_name, sep, factory_name = spec.partition(":")
-    if not sep or not module_name or not factory_name:
-        raise CLIError(f"config.task={config.task!r}: expected one of {sorted(TASKS)} or 'module.path:factory'")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        raise CLIError(f"config.task={config.task!r}: cannot import {module_name!r} ({err})") from err
-    factory = getattr(module, factory_name, None)
-    if factory is None:
-        raise CLIError(f"config.task={config.task!r}: {module_name} has no {factory_name!r}")
-    return factory(config)
-
-
-def stored_config(workdir: Path) -> config_lib.ConfigDict:
-    """The resolved config saved in ``workdir/config.json`` by ``train``."""
-    path = Path(workdir) / "config.json"
-    if not path.is_file():
-        raise CLIError(f"{path} not found: is {workdir} a training workdir?")
-    return config_lib.from_json(path.read_text(encoding="utf-8"))
-
-
 def resolve_config(spec: str | None, workdir: Path | None, overrides: list[str]):
     """Config from ``spec`` (file[:variant]) or else the workdir's stored one, plus overrides."""
     if spec:
@@ -127,25 +98,6 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, type=Path)
     p.add_argument("--split", default="test")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best)")
-
-
-def restore_params(config, workdir: Path, task, step: int | None = None):
-    """(step, params) of the best (or given) checkpoint, with the task's extras loaded."""
-    from nowcast_jax import loop
-    from nowcast_jax import train as engine
-
-    mesh = engine.make_mesh()
-    tx, _ = engine.optimizer_from_config(config.train)
-    manager = loop.open_checkpoints(config, workdir)
-    try:
-        step = manager.best_step() if step is None else step
-        if step is None:
-            raise CLIError(f"no checkpoint in {manager.directory}")
-        restored = manager.restore(engine.abstract_state(task, tx, config.seed, mesh), step)
-    finally:
-        manager.close()
-    task.load_extras(restored.extras)
-    return restored.step, restored.state.params
 
 
 def format_table(results: dict) -> str:
@@ -211,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = split_overrides(extra)
         configure_runtime()
         return SUBCOMMANDS[args.command].run(args, overrides)
-    except (CLIError, config_lib.ConfigError) as err:
+    except (CLIError, WorkdirError, config_lib.ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # engine config / checkpoint errors: a message, no traceback wall

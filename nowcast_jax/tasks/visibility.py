@@ -392,31 +392,13 @@ class VisibilityTask:
 
 def restore_task(workdir, step: int | None = None) -> tuple[VisibilityTask, object]:
     """(task, params) of the best (or given) checkpoint of a visibility training ``workdir``."""
-    from nowcast_jax import config as config_lib
-    from nowcast_jax import loop
-    from nowcast_jax import train as engine
+    from nowcast_jax import workdir as workdir_lib
 
-    workdir = Path(workdir)
-    cfg_path = workdir / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path} not found: is {workdir} a visibility training workdir?")
-    config = config_lib.from_json(cfg_path.read_text(encoding="utf-8"))
+    config = workdir_lib.stored_config(workdir)
     if config.task != "visibility":
         raise ValueError(f"{workdir} holds a {config.task!r} run, not a visibility run")
-    task = VisibilityTask(config)
-    tx, _ = engine.optimizer_from_config(config.train)
-    manager = loop.open_checkpoints(config, workdir)
-    try:
-        step = manager.best_step() if step is None else step
-        if step is None:
-            step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-        restored = manager.restore(engine.abstract_state(task, tx, config.seed, engine.make_mesh()), step)
-    finally:
-        manager.close()
-    task.load_extras(restored.extras)
-    return task, restored.state.params
+    restored = workdir_lib.restore(workdir, step)
+    return restored.task, restored.params
 
 
 def format_report(results: dict, horizons_hours=None) -> str:
