@@ -65,15 +65,11 @@ def test_functional_api_notebook(tmp_path):
 
 @pytest.mark.slow
 def test_precip_quickstart_notebook(tmp_path, mnist_dir):
-    if not (NOTEBOOKS / "01_precip_quickstart.ipynb").is_file():
-        pytest.skip("notebook 01 not written yet")
     nb = run_notebook("01_precip_quickstart.ipynb", tmp_path, NOWCAST_NB_STEPS=30)
     assert "forecast frames" in _text(nb)
 
 
 @pytest.mark.slow
 def test_visibility_quickstart_notebook(tmp_path, weather_csv):
-    if not (NOTEBOOKS / "02_visibility_quickstart.ipynb").is_file():
-        pytest.skip("notebook 02 not written yet")
     nb = run_notebook("02_visibility_quickstart.ipynb", tmp_path, NOWCAST_NB_STEPS=30)
     assert "persistence" in _text(nb)
