@@ -1,0 +1,173 @@
+"""The precipitation Task: ConvLSTM encoder-forecaster (Shi et al., NeurIPS 2015).
+
+``config.data.source`` picks the data:
+
+* ``"moving_mnist"``: frames in [0, 1]; the model outputs logits; the loss is the
+  sigmoid cross-entropy (the paper's), reported per sequence as in the paper's Table 1
+  (aux metric ``bce_per_sequence``; the optimised loss is the per-pixel mean, which only
+  rescales it).
+* ``"radar"``: rain rate through a transform (log1p by default); the model outputs values
+  in transformed units, optionally as a residual on the last observed frame
+  (``model.residual``); loss ``mse`` / ``mae`` / ``balanced_mse`` / ``balanced_mae`` on
+  the transformed values, masked where the radar did not observe, with optional lead-time
+  weights (``loss.horizon_weights``). Balanced weights are picked from the observed rain
+  rate in mm/h (inverse transform of the targets).
+
+Batches (numpy, see :mod:`nowcast_jax.tasks.precip_data`): ``inputs [B, J, H, W, 1]``,
+``targets [B, K, H, W, 1]``, for radar also ``input_mask`` / ``target_mask`` (bool, same
+shapes). Scores: :mod:`nowcast_jax.tasks.precip_report`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nowcast_jax import losses, models
+from nowcast_jax.tasks import precip_data, precip_report
+
+MODEL_KEYS = ("patch_size", "hidden", "kernel_x", "kernel_h", "peepholes", "forget_bias", "forecaster_input",
+              "feedback", "cell", "remat", "unroll", "conv_impl")
+RADAR_LOSSES = {"mse": losses.mse, "mae": losses.mae, "balanced_mse": losses.balanced_mse,
+                "balanced_mae": losses.balanced_mae}
+
+
+def build_model(model_cfg) -> models.Model:
+    """``models.encoder_forecaster`` from ``config.model`` (``compute_dtype`` "" = float32)."""
+    kwargs = {k: model_cfg[k] for k in MODEL_KEYS if k in model_cfg}
+    kwargs["hidden"] = tuple(int(h) for h in kwargs["hidden"])
+    dtype = model_cfg.get("compute_dtype", "")
+    return models.encoder_forecaster(frame_channels=1, compute_dtype=jnp.dtype(dtype) if dtype else None, **kwargs)
+
+
+def inverse_transform(x, transform: dict):
+    """Transformed units -> mm/h in JAX (mirrors ``radar.RainTransform.inverse``)."""
+    t = x * transform["scale"] + transform["offset"]
+    kind = transform["kind"]
+    if kind == "log1p":
+        return jnp.maximum(jnp.expm1(t), 0.0)
+    if kind == "dbr":
+        floor_db = 10.0 * np.log10(transform["floor_mm_h"])
+        return jnp.where(t < floor_db - 0.5 * transform["zero_gap_db"], 0.0, 10.0 ** (t / 10.0))
+    if kind == "none":
+        return t
+    raise ValueError(f"unknown rain transform {kind!r}")
+
+
+class PrecipTask:
+    """Task protocol implementation (see ``docs/architecture.md``) for both sources."""
+
+    name = "precip"
+
+    def __init__(self, config):
+        self.config = config
+        self.source_name = config.data.source
+        self.source = precip_data.make_source(config.data)
+        self.input_frames = int(config.data.input_frames)
+        self.output_frames = int(config.data.output_frames)
+        self.model = build_model(config.model)
+        self.residual = bool(config.model.get("residual", False))
+        if self.residual and self.source_name != "radar":
+            raise ValueError("model.residual applies to radar values only (Moving MNIST outputs logits)")
+        hw = tuple(float(w) for w in config.loss.horizon_weights)
+        if hw and len(hw) != self.output_frames:
+            raise ValueError(f"loss.horizon_weights has {len(hw)} entries; need data.output_frames="
+                             f"{self.output_frames} (or none)")
+        self.horizon_weights = np.asarray(hw, np.float32) if hw else None
+        if self.source_name == "radar" and config.loss.name not in RADAR_LOSSES:
+            raise ValueError(f"loss.name must be one of {sorted(RADAR_LOSSES)} for radar; got {config.loss.name!r}")
+
+    # -- model ------------------------------------------------------------------------
+    def init_params(self, key):
+        """Parameters for frames of the training sample shape ``source.frame_shape``.
+
+        Zero-size arrays (the input kernel of a forecaster that reads no input) are stored
+        as ``None`` (orbax cannot save empty arrays) and rebuilt in :meth:`predict`.
+        """
+        return _drop_empty(self.model.init(key, self.source.frame_shape))
+
+    def predict(self, params, inputs):
+        """``inputs [B, J, H, W, 1]`` -> raw forecast ``[B, K, H, W, 1]`` (logits or transformed values)."""
+        full = _restore_empty(params, jax.eval_shape(lambda: self.model.init(jax.random.key(0), self.source.frame_shape)))
+        out = self.model.apply(full, inputs, output_steps=self.output_frames)
+        if self.residual:
+            out = out + inputs[:, -1:]
+        return out
+
+    def loss_fn(self, params, batch, key):
+        """Scalar loss and aux metrics of one batch (``key`` unused: the model is deterministic)."""
+        del key
+        out = self.predict(params, batch["inputs"])
+        if self.source_name == "moving_mnist":
+            return self._mnist_loss(out, batch["targets"])
+        return self._radar_loss(out, batch["targets"], batch["target_mask"])
+
+    def _mnist_loss(self, logits, targets):
+        loss = losses.sigmoid_bce(logits, targets)
+        per_seq = losses.sigmoid_bce(logits, targets, reduction="sum_per_sequence")
+        mse = jnp.mean(jnp.square(jax.nn.sigmoid(logits) - targets))
+        return loss, {"bce_per_sequence": per_seq, "mse": mse}
+
+    def _radar_loss(self, pred, targets, mask):
+        cfg = self.config.loss
+        fn = RADAR_LOSSES[cfg.name]
+        if cfg.name.startswith("balanced"):
+            rain = inverse_transform(targets, self.source.transform.to_dict())
+            loss = fn(pred, targets, rain, tuple(cfg.thresholds), tuple(cfg.weights), mask=mask,
+                      horizon_weights=self.horizon_weights)
+        else:
+            loss = fn(pred, targets, mask=mask, horizon_weights=self.horizon_weights)
+        return loss, {"mse_transformed": losses.mse(pred, targets, mask=mask)}
+
+    # -- data -------------------------------------------------------------------------
+    def train_batch(self, step: int, batch_size: int, seed: int) -> dict[str, np.ndarray]:
+        """Stateless training batch: a pure function of ``(seed, step)``."""
+        return self.source.train_batch(int(step), int(batch_size), int(seed))
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Fixed evaluation batches of ``split`` (at most ``eval.max_windows`` samples when > 0)."""
+        return self.source.eval_batches(split, batch_size, int(self.config.eval.max_windows))
+
+    def evaluate(self, params, split: str, out_dir=None) -> dict:
+        """Model vs baselines on ``split`` (see :mod:`nowcast_jax.tasks.precip_report`).
+
+        ``out_dir`` (or ``config.eval.out_dir`` when None) receives a PNG strip.
+        """
+        out_dir = out_dir or self.config.eval.get("out_dir", "") or None
+        if self.source_name == "moving_mnist":
+            return precip_report.evaluate_moving_mnist(self, params, split, out_dir)
+        return precip_report.evaluate_radar(self, params, split, out_dir)
+
+    # -- extras -----------------------------------------------------------------------
+    def state_extras(self) -> dict:
+        """JSON-able: the source and, for radar, the rain transform parameters."""
+        return self.source.extras()
+
+    def load_extras(self, extras: dict) -> None:
+        self.source.load_extras(extras or {})
+
+
+def _drop_empty(tree):
+    """Replace zero-size arrays by ``None`` in a pytree of dicts/lists."""
+    if isinstance(tree, dict):
+        return {k: _drop_empty(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_drop_empty(v) for v in tree)
+    return None if getattr(tree, "size", 1) == 0 else tree
+
+
+def _restore_empty(tree, shapes):
+    """Inverse of :func:`_drop_empty`: ``None`` -> zeros of the shape in ``shapes``."""
+    if isinstance(tree, dict):
+        return {k: _restore_empty(v, shapes[k]) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_restore_empty(v, s) for v, s in zip(tree, shapes))
+    return jnp.zeros(shapes.shape, shapes.dtype) if tree is None else tree
+
+
+def make_task(config) -> PrecipTask:
+    """Factory used by the CLI (``config.task = "precip"``)."""
+    return PrecipTask(config)

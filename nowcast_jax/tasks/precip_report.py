@@ -1,0 +1,183 @@
+"""Scores and figures of the precipitation task: model vs persistence (vs optical flow).
+
+Radar (:func:`evaluate_radar`): every forecaster is scored on the same test windows and
+the same pixels: ``target_mask`` (radar observed the target) AND the mask of the last
+input frame (a forecaster could start from there), in mm/h, with the streaming verifier
+of :mod:`nowcast_jax.metrics` (event ``>=`` threshold). Optical flow is pysteps LK +
+semi-Lagrangian extrapolation on the mm/h inputs (NaN outside the domain).
+
+Moving MNIST (:func:`evaluate_moving_mnist`): cross-entropy per 10-frame sequence (the
+paper's Table 1 number) and MSE per lead on probabilities; persistence as a probability
+clipped to ``[eps, 1 - eps]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nowcast_jax import baselines, losses, metrics
+
+RADAR_SCORES = ("csi", "pod", "far", "corr", "mse", "mae")
+PERSISTENCE_EPS = 1e-3
+
+
+def _common_mask(batch: dict) -> np.ndarray:
+    """``[B, K, H, W, 1]``: target observed and last input frame observed."""
+    return batch["target_mask"] & batch["input_mask"][:, -1:]
+
+
+def radar_forecasts(task, predict, params, batch_mm: dict) -> dict[str, np.ndarray]:
+    """All forecasts of one mm/h batch: ``{"model", "persistence", "optical_flow"}`` each ``[B, K, H, W, 1]`` mm/h."""
+    k = task.output_frames
+    transform = task.source.transform
+    inputs = np.where(batch_mm["input_mask"], transform.forward(batch_mm["inputs"]), 0.0).astype(np.float32)
+    model = transform.inverse(np.asarray(predict(params, inputs)))
+    raw = np.where(batch_mm["input_mask"], batch_mm["inputs"], np.nan)
+    return {"model": model,
+            "persistence": baselines.persistence(batch_mm["inputs"], k),
+            "optical_flow": baselines.optical_flow(raw, k, outside_value=0.0)}
+
+
+def flat_scores(computed: dict) -> dict[str, list]:
+    """Verifier output -> ``{"csi_0.5": [K], "csi_2.0": [K], ..., "corr": [K], "mse", "mae"}``.
+
+    Threshold suffixes are Python's ``str(float)`` (``0.5``, ``2.0``); NaN stays NaN.
+    """
+    out = {}
+    for name in RADAR_SCORES:
+        val = np.asarray(computed[name], np.float64)
+        if val.ndim == 2:
+            for i, t in enumerate(computed["thresholds"]):
+                out[f"{name}_{float(t)}"] = val[i].tolist()
+        else:
+            out[name] = val.tolist()
+    return out
+
+
+def evaluate_radar(task, params, split: str, out_dir=None) -> dict:
+    """``{forecaster: {"csi_0.5": [K], "pod_0.5", "far_0.5", "csi_2.0", ..., "corr", "mse", "mae"}}``.
+
+    Forecasters: ``model``, ``persistence``, ``optical_flow``; scores in mm/h per lead time
+    (thresholds from ``config.eval.thresholds``). ``"windows"`` counts the scored windows.
+    """
+    cfg = task.config.eval
+    verifier = metrics.make_verifier(tuple(cfg.thresholds))
+    predict = jax.jit(task.predict)
+    acc, first, n = {}, None, 0
+    for batch in task.source.eval_batches(split, int(cfg.predict_batch_size), int(cfg.max_windows), units="mm_h"):
+        fc = radar_forecasts(task, predict, params, batch)
+        mask = _common_mask(batch)
+        for name, pred in fc.items():
+            acc.setdefault(name, verifier.init(task.output_frames))
+            acc[name] = verifier.update(acc[name], pred, batch["targets"], mask)
+        if first is None:
+            first = (batch, fc)
+        n += len(batch["inputs"])
+    if first is None:
+        raise ValueError(f"split {split!r} produced no windows")
+    results = {name: flat_scores(verifier.compute(a)) for name, a in acc.items()}
+    results["windows"] = n
+    if out_dir:
+        plot_strip(first[0], first[1], Path(out_dir) / f"precip_radar_{split}.png", rain=True)
+    return results
+
+
+def _persistence_logits(inputs: np.ndarray, k: int) -> np.ndarray:
+    p = np.clip(baselines.persistence(inputs, k), PERSISTENCE_EPS, 1 - PERSISTENCE_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _mnist_sums(logits, targets) -> tuple[float, np.ndarray]:
+    """(sum over sequences of cross-entropy, squared-error sums per lead ``[K]``)."""
+    per_seq = float(losses.sigmoid_bce(logits, targets, reduction="sum_per_sequence")) * len(targets)
+    se = np.square(np.asarray(jax.nn.sigmoid(jnp.asarray(logits))) - targets)
+    return per_seq, se.reshape(se.shape[0], se.shape[1], -1).mean(-1).sum(0)
+
+
+def evaluate_moving_mnist(task, params, split: str, out_dir=None) -> dict:
+    """``{"model": {"bce_per_sequence": float, "mse": [K]}, "persistence": {...}, "sequences": n}``.
+
+    Also ``"model_3digits"`` (the out-of-domain set) when ``eval.ood`` is true and
+    ``split == "test"``.
+    """
+    cfg = task.config.eval
+    predict = jax.jit(task.predict)
+    results = _score_mnist(task, predict, params, split, cfg, out_dir)
+    if cfg.get("ood", False) and split == "test":
+        ood = _score_mnist(task, predict, params, "ood", cfg, None)
+        results["model_3digits"] = ood["model"]
+        results["persistence_3digits"] = ood["persistence"]
+    return results
+
+
+def _score_mnist(task, predict, params, split, cfg, out_dir) -> dict:
+    k = task.output_frames
+    sums = {"model": [0.0, np.zeros(k)], "persistence": [0.0, np.zeros(k)]}
+    n, first = 0, None
+    for batch in task.source.eval_batches(split, int(cfg.predict_batch_size), int(cfg.max_windows)):
+        logits = {"model": np.asarray(predict(params, batch["inputs"])),
+                  "persistence": _persistence_logits(batch["inputs"], k)}
+        for name, lg in logits.items():
+            ce, se = _mnist_sums(lg, batch["targets"])
+            sums[name][0] += ce
+            sums[name][1] += se
+        if first is None:
+            first = (batch, {name: 1 / (1 + np.exp(-lg)) for name, lg in logits.items()})
+        n += len(batch["inputs"])
+    if n == 0:
+        raise ValueError(f"split {split!r} produced no sequences")
+    out = {name: {"bce_per_sequence": ce / n, "mse": (se / n).tolist()} for name, (ce, se) in sums.items()}
+    out["sequences"] = n
+    if out_dir:
+        plot_strip(first[0], first[1], Path(out_dir) / f"precip_moving_mnist_{split}.png", rain=False)
+    return out
+
+
+def plot_strip(batch: dict, forecasts: dict, path: Path, *, rain: bool, sample: int | None = None) -> Path:
+    """PNG: row 1 inputs, row 2 truth, one row per forecaster; one sample of the batch.
+
+    ``sample=None`` picks the sample with the most observed rain (radar) or the first.
+    Radar fields are drawn in mm/h on a log colour scale; pixels below 0.1 mm/h or unobserved
+    are blank.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+
+    targets = batch["targets"][..., 0]
+    if sample is None:
+        sample = int(np.argmax(targets.reshape(len(targets), -1).sum(-1))) if rain else 0
+    rows = [("inputs", batch["inputs"][sample, ..., 0]), ("truth", targets[sample])]
+    rows += [(name, np.asarray(f)[sample, ..., 0]) for name, f in forecasts.items()]
+    cols = max(len(r[1]) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols, 1.4 * len(rows)), squeeze=False)
+    kw = dict(cmap="viridis", norm=mcolors.LogNorm(0.1, 50.0)) if rain else dict(cmap="gray", vmin=0, vmax=1)
+    mask_in = batch.get("input_mask")
+    for r, (label, frames) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(frames):
+                ax.axis("off")
+                continue
+            img = frames[c].astype(np.float32)
+            if rain:
+                valid = (mask_in[sample, c, ..., 0] if r == 0 else batch["target_mask"][sample, c, ..., 0])
+                img = np.where(valid & (img >= 0.1), img, np.nan)
+            ax.imshow(img, **kw)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+            if r == 0 or r == 1:
+                ax.set_title(f"t{'-' if r == 0 else '+'}{(len(frames) - 1 - c) if r == 0 else c + 1}", fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
