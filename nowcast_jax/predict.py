@@ -76,6 +76,7 @@ def read_radar_inputs(sidecar: dict, input_path: str | Path) -> tuple[np.ndarray
                            f"{rain.shape[0]}")
     rain = rain[-steps:]
     times = times[-steps:] if times is not None else None
+    rain = _centre_crop(rain, sidecar.get("radar", {}).get("centre_crop"))
     if rain.shape[1:] != (height, width):
         raise PredictError(f"wrong grid: frames are {rain.shape[1]}x{rain.shape[2]} but the forecaster was "
                            f"trained on {height}x{width} (after downsampling by "
@@ -83,6 +84,17 @@ def read_radar_inputs(sidecar: dict, input_path: str | Path) -> tuple[np.ndarray
     _check_rain_units(rain, input_path)
     _check_spacing(times, sidecar, input_path)
     return rain, times
+
+
+def _centre_crop(rain: np.ndarray, crop) -> np.ndarray:
+    """Centre ``crop = [h, w]`` of frames ``[T, H, W]`` when they are larger (as at training)."""
+    if not crop:
+        return rain
+    h, w = int(crop[0]), int(crop[1])
+    if rain.shape[1] < h or rain.shape[2] < w:
+        return rain  # too small: the grid check below says so
+    y, x = (rain.shape[1] - h) // 2, (rain.shape[2] - w) // 2
+    return rain[:, y:y + h, x:x + w]
 
 
 def _read_radar_folder(sidecar: dict, folder: Path, steps: int):

@@ -488,32 +488,36 @@ class RainTransform:
         if self.kind == "dbr" and self.floor_mm_h <= 0:
             raise ValueError("dBR needs floor_mm_h > 0")
 
-    def forward(self, rain_mm_h: np.ndarray) -> np.ndarray:
-        """mm/h -> transformed and scaled units."""
-        r = np.asarray(rain_mm_h, np.float64)
+    def forward(self, rain_mm_h, xp=np):
+        """mm/h -> transformed and scaled units (float32).
+
+        ``xp`` is the array module: ``numpy`` (default) or ``jax.numpy`` inside a compiled
+        function (the exported forecaster bakes the transform in this way).
+        """
+        r = xp.asarray(rain_mm_h, np.float64 if xp is np else np.float32)
         if self.kind == "log1p":
-            t = np.log1p(np.maximum(r, 0.0, where=np.isfinite(r), out=r.copy()))
+            t = xp.log1p(xp.maximum(r, 0.0))  # NaN propagates
         elif self.kind == "dbr":
             floor_db = 10.0 * math.log10(self.floor_mm_h)
             with np.errstate(divide="ignore", invalid="ignore"):
-                t = np.where(r > self.floor_mm_h, 10.0 * np.log10(np.where(r > 0, r, 1.0)), floor_db - self.zero_gap_db)
-            t[np.isnan(r)] = np.nan
+                floor = np.float32(self.floor_mm_h)  # the same cut for float32 (jax) and float64 (numpy)
+                t = xp.where(r > floor, 10.0 * xp.log10(xp.where(r > 0, r, 1.0)), floor_db - self.zero_gap_db)
+            t = xp.where(xp.isnan(r), np.nan, t)
         else:
             t = r
         return ((t - self.offset) / self.scale).astype(np.float32)
 
-    def inverse(self, x: np.ndarray) -> np.ndarray:
-        """Transformed and scaled units -> mm/h (float32)."""
-        t = np.asarray(x, np.float64) * self.scale + self.offset
+    def inverse(self, x, xp=np):
+        """Transformed and scaled units -> mm/h (float32); ``xp`` as in :meth:`forward`."""
+        t = xp.asarray(x, np.float64 if xp is np else np.float32) * self.scale + self.offset
         if self.kind == "log1p":
-            r = np.expm1(t)
-            r = np.where(r < 0, 0.0, r)
+            r = xp.maximum(xp.expm1(t), 0.0)
         elif self.kind == "dbr":
             floor_db = 10.0 * math.log10(self.floor_mm_h)
-            r = np.where(t < floor_db - 0.5 * self.zero_gap_db, 0.0, 10.0 ** (t / 10.0))
+            r = xp.where(t < floor_db - 0.5 * self.zero_gap_db, 0.0, 10.0 ** (t / 10.0))
         else:
             r = t
-        return np.asarray(r, np.float32)
+        return r.astype(np.float32)
 
     def to_dict(self) -> dict:
         """JSON-able parameters (store with the checkpoint)."""

@@ -43,20 +43,6 @@ def build_model(model_cfg) -> models.Model:
     return models.encoder_forecaster(frame_channels=1, compute_dtype=jnp.dtype(dtype) if dtype else None, **kwargs)
 
 
-def inverse_transform(x, transform: dict):
-    """Transformed units -> mm/h in JAX (mirrors ``radar.RainTransform.inverse``)."""
-    t = x * transform["scale"] + transform["offset"]
-    kind = transform["kind"]
-    if kind == "log1p":
-        return jnp.maximum(jnp.expm1(t), 0.0)
-    if kind == "dbr":
-        floor_db = 10.0 * np.log10(transform["floor_mm_h"])
-        return jnp.where(t < floor_db - 0.5 * transform["zero_gap_db"], 0.0, 10.0 ** (t / 10.0))
-    if kind == "none":
-        return t
-    raise ValueError(f"unknown rain transform {kind!r}")
-
-
 class PrecipTask:
     """Task protocol implementation (see ``docs/architecture.md``) for both sources."""
 
@@ -82,17 +68,12 @@ class PrecipTask:
 
     # -- model ------------------------------------------------------------------------
     def init_params(self, key):
-        """Parameters for frames of the training sample shape ``source.frame_shape``.
-
-        Zero-size arrays (the input kernel of a forecaster that reads no input) are stored
-        as ``None`` (orbax cannot save empty arrays) and rebuilt in :meth:`predict`.
-        """
-        return _drop_empty(self.model.init(key, self.source.frame_shape))
+        """Parameters for frames of the training sample shape ``source.frame_shape``."""
+        return self.model.init(key, self.source.frame_shape)
 
     def predict(self, params, inputs):
         """``inputs [B, J, H, W, 1]`` -> raw forecast ``[B, K, H, W, 1]`` (logits or transformed values)."""
-        full = _restore_empty(params, jax.eval_shape(lambda: self.model.init(jax.random.key(0), self.source.frame_shape)))
-        out = self.model.apply(full, inputs, output_steps=self.output_frames)
+        out = self.model.apply(params, inputs, output_steps=self.output_frames)
         if self.residual:
             out = out + inputs[:, -1:]
         return out
@@ -115,7 +96,7 @@ class PrecipTask:
         cfg = self.config.loss
         fn = RADAR_LOSSES[cfg.name]
         if cfg.name.startswith("balanced"):
-            rain = inverse_transform(targets, self.source.transform.to_dict())
+            rain = self.source.transform.inverse(targets, jnp)
             loss = fn(pred, targets, rain, tuple(cfg.thresholds), tuple(cfg.weights), mask=mask,
                       horizon_weights=self.horizon_weights)
         else:
@@ -141,6 +122,38 @@ class PrecipTask:
             return precip_report.evaluate_moving_mnist(self, params, split, out_dir)
         return precip_report.evaluate_radar(self, params, split, out_dir)
 
+    # -- export -----------------------------------------------------------------------
+    def export_spec(self, params):
+        """For ``nowcast-jax export``: ``(fn, input_specs, sidecar)``.
+
+        Radar: ``rain [b, J, H, W, 1]`` mm/h (0 outside the domain) -> ``[b, K, H, W, 1]`` mm/h,
+        the stored rain transform baked in; ``H, W`` is the evaluation grid (the centred
+        ``eval_crop_size`` of the downsampled frames). Moving MNIST: frames in [0, 1] ->
+        pixel probabilities.
+        """
+        from nowcast_jax import export
+
+        data = self.config.data
+        if self.source_name == "moving_mnist":
+            size = int(data.frame_size)
+            fn = lambda frames: jax.nn.sigmoid(self.predict(params, frames))  # noqa: E731
+            sidecar = {"kind": "frames", "units": "pixel intensity in [0, 1]"}
+            return fn, export.batch_specs(((self.input_frames, size, size, 1), "float32")), sidecar
+        transform = self.source.transform
+        height, width = next(self.source.eval_batches("test", 1, 1))["inputs"].shape[2:4]
+
+        def fn(rain):  # [b, J, H, W, 1] mm/h -> [b, K, H, W, 1] mm/h
+            return transform.inverse(self.predict(params, transform.forward(rain, jnp)), jnp)
+
+        sidecar = {
+            "kind": "radar", "units": "mm/h", "input_steps": self.input_frames, "output_steps": self.output_frames,
+            "time_step_minutes": float(data.timestep_minutes), "normalisation": self.state_extras(),
+            "radar": {"importer": data.importer, "importer_kwargs": dict(data.importer_kwargs),
+                      "fn_pattern": data.fn_pattern, "downsample_factor": int(data.downsample),
+                      "centre_crop": [int(height), int(width)]},
+            "inputs": [{"name": "rain", "units": "mm/h"}], "outputs": [{"name": "rain", "units": "mm/h"}]}
+        return fn, export.batch_specs(((self.input_frames, height, width, 1), "float32")), sidecar
+
     # -- extras -----------------------------------------------------------------------
     def state_extras(self) -> dict:
         """JSON-able: the source and, for radar, the rain transform parameters."""
@@ -148,24 +161,6 @@ class PrecipTask:
 
     def load_extras(self, extras: dict) -> None:
         self.source.load_extras(extras or {})
-
-
-def _drop_empty(tree):
-    """Replace zero-size arrays by ``None`` in a pytree of dicts/lists."""
-    if isinstance(tree, dict):
-        return {k: _drop_empty(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_drop_empty(v) for v in tree)
-    return None if getattr(tree, "size", 1) == 0 else tree
-
-
-def _restore_empty(tree, shapes):
-    """Inverse of :func:`_drop_empty`: ``None`` -> zeros of the shape in ``shapes``."""
-    if isinstance(tree, dict):
-        return {k: _restore_empty(v, shapes[k]) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_restore_empty(v, s) for v, s in zip(tree, shapes))
-    return jnp.zeros(shapes.shape, shapes.dtype) if tree is None else tree
 
 
 def make_task(config) -> PrecipTask:
