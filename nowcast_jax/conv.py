@@ -1,9 +1,15 @@
 """One 2-D convolution ('same' padding, stride 1, NHWC/HWIO), implemented per backend.
 
-On XLA:CPU the backward pass of ``lax.conv_general_dilated`` is several times slower than
-the same convolution written as im2col (patch extraction) + one matmul, so on CPU we use
-im2col with a hand-written VJP whose two backward products are matmuls as well. On GPU
-and TPU the vendor convolution (cuDNN, the TPU conv unit) is used. Both give the same
+On XLA:CPU, ``lax.conv_general_dilated`` runs its forward pass (and any convolution of the
+same forward form) fast, but the weight gradient that autodiff derives from it is a
+convolution that contracts over the batch and spatial axes, which XLA:CPU runs several
+times slower (inside the recurrent scan, the whole training step was ~15x slower). So on
+CPU (``impl="auto"``) we keep XLA's convolution for the forward pass and write the VJP by
+hand: the input gradient is again a forward-form convolution (``dy`` with the flipped,
+transposed kernel), and the weight gradient is im2col (patch extraction) + ONE matmul over
+all ``B*H*W`` positions. ``impl="im2col"`` is the all-matmul version (forward as im2col +
+matmul too); ``impl="xla"`` is plain ``lax.conv_general_dilated`` with autodiff's VJP. On GPU
+and TPU ``"auto"`` is the vendor convolution (cuDNN, the TPU conv unit). All give the same
 numbers up to float rounding; ``impl`` forces one.
 """
 
@@ -30,7 +36,8 @@ def conv2d_same(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
     Args:
       x: input ``[B, H, W, Cin]``.
       w: kernel ``[kh, kw, Cin, Cout]``.
-      impl: ``"auto"`` (im2col on CPU, XLA's conv elsewhere), ``"im2col"`` or ``"xla"``.
+      impl: ``"auto"`` (on CPU: XLA's conv forward + hand-written conv/matmul VJP; XLA's conv
+        elsewhere), ``"im2col"`` (im2col + matmul forward and backward) or ``"xla"``.
 
     Returns:
       ``[B, H, W, Cout]`` in the promoted dtype of ``x`` and ``w``.
@@ -41,16 +48,20 @@ def conv2d_same(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
         raise ValueError(f"conv2d_same: input has {x.shape[-1]} channels but the kernel expects {w.shape[2]}")
     if impl not in IMPLS:
         raise ValueError(f"unknown conv impl {impl!r}; choose one of {IMPLS}")
+    if impl != "im2col" and x.dtype != w.dtype:  # lax.conv wants one dtype; im2col's matmul promotes
+        dtype = jnp.result_type(x, w)
+        x, w = x.astype(dtype), w.astype(dtype)
     if impl == "auto":
-        impl = "im2col" if jax.default_backend() == "cpu" else "xla"
+        return _conv_cpu(x, w) if jax.default_backend() == "cpu" else _conv_xla(x, w)
     if impl == "xla":
         return _conv_xla(x, w)
     return _conv_im2col(x, w)
 
 
-def _conv_xla(x, w):
+def _conv_xla(x, w, padding=None):
+    kh, kw = w.shape[:2]
     return lax.conv_general_dilated(
-        x, w, window_strides=(1, 1), padding="SAME",
+        x, w, window_strides=(1, 1), padding=padding or (same_padding(kh), same_padding(kw)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -88,6 +99,40 @@ def _conv_im2col_bwd(residuals, dy):
 
 
 _conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
+
+
+def _weight_grad(x: jax.Array, dy: jax.Array, kh: int, kw: int) -> jax.Array:
+    """dW ``[kh, kw, Cin, Cout]`` = patches(x)^T dy as ONE 2-D matmul over all B*H*W positions."""
+    cols = _patches(x, kh, kw, same_padding(kh), same_padding(kw))
+    cols = cols.reshape(-1, cols.shape[-1])
+    dw = cols.T @ dy.reshape(-1, dy.shape[-1]).astype(cols.dtype)
+    return dw.reshape(kh, kw, x.shape[-1], dy.shape[-1])
+
+
+def _input_grad(dy: jax.Array, w: jax.Array) -> jax.Array:
+    """dX: a forward-form convolution of dy with the flipped, in/out-transposed kernel."""
+    kh, kw = w.shape[:2]
+    swap = lambda p: (p[1], p[0])  # the 'same' padding swaps low and high
+    flipped = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))  # [kh, kw, Cout, Cin]
+    return _conv_xla(dy.astype(w.dtype), flipped, (swap(same_padding(kh)), swap(same_padding(kw))))
+
+
+@jax.custom_vjp
+def _conv_cpu(x, w):
+    return _conv_xla(x, w)
+
+
+def _conv_cpu_fwd(x, w):
+    return _conv_cpu(x, w), (x, w)
+
+
+def _conv_cpu_bwd(residuals, dy):
+    x, w = residuals
+    kh, kw = w.shape[:2]
+    return _input_grad(dy, w).astype(x.dtype), _weight_grad(x, dy, kh, kw).astype(w.dtype)
+
+
+_conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
 
 
 def pointwise(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
