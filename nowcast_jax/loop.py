@@ -19,7 +19,6 @@ After ``train.max_consecutive_skips`` consecutive non-finite updates it raises
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import signal

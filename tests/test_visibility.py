@@ -12,7 +12,6 @@ import pytest
 from nowcast_jax import config as config_lib
 from nowcast_jax import loop
 from nowcast_jax import station_metrics as sm
-from nowcast_jax import train as engine
 from nowcast_jax.tasks import visibility as vis
 from tests.engine_utils import REPO, cli_env, run_cli
 
