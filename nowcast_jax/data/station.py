@@ -21,7 +21,8 @@ Steps (each counted in ``dataset.report``):
    above calm is missing (``variable_wind="missing"``) or treated like calm (``"calm"``).
 5. Windows: ``history_hours`` of inputs ending at ``t`` (``times``), targets = visibility
    at ``t + h`` for ``h`` in ``horizons_hours``, ``start_vis`` = visibility at ``t``.
-   Windows with a gap or any NaN left are dropped, counted by reason.
+   Windows with a gap or any NaN left are dropped, counted by reason; so are windows whose
+   last input step was interpolated (its fill used an observation after the forecast time).
 6. Split: ``"chronological"`` (default): blocks train/val/test by window end time, with
    boundaries at ``fractions`` of the time range or at ``split_dates``; windows ending
    within ``gap`` of a boundary are purged, where ``gap >= history + max horizon`` steps, so
@@ -214,17 +215,22 @@ def load_station_dataset(
         raise ValueError(f"no observations left in {path} after reading")
     share_before = _missing_share(grids, low_visibility_m)
     interpolated = {n: 0 for n in interp}
+    filled = {}  # station -> [S] True where any input was interpolated
     for g in grids:
+        filled[g.name] = np.zeros(len(g.times), bool)
         for name in interp:
+            before = np.isnan(g.values[name])
             g.values[name], n = interpolate_short_gaps(g.values[name], int(max_interp_steps))
+            filled[g.name] |= before & np.isfinite(g.values[name])
             interpolated[name] += n
     share_after = _missing_share(grids, low_visibility_m)
 
     # features and valid windows per station
-    per, dropped, wind = [], {"gap": 0, "missing_input": 0, "missing_target": 0}, {"calm": 0, "variable": 0}
+    per, wind = [], {"calm": 0, "variable": 0}
+    dropped = {"gap": 0, "missing_input": 0, "missing_target": 0, "future_fill": 0}
     for g in grids:
         values, counts = sf.feature_matrix(g.values, feats, calm_ms=calm_wind_ms, variable_wind=variable_wind)
-        wi = sf.find_windows(values, g.values["visibility"], g.observed, history, hsteps)
+        wi = sf.find_windows(values, g.values["visibility"], g.observed, history, hsteps, filled[g.name])
         per.append((g, values, wi.end))
         for k in dropped:
             dropped[k] += wi.dropped[k]

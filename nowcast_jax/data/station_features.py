@@ -125,7 +125,7 @@ def _window_any(bad: np.ndarray, history: int, horizons: np.ndarray, ends: np.nd
 
 
 def find_windows(values: np.ndarray, vis: np.ndarray, observed: np.ndarray, history: int,
-                 horizons) -> WindowIndex:
+                 horizons, filled: np.ndarray | None = None) -> WindowIndex:
     """Windows with complete inputs and targets; the others are counted by reason.
 
     Args:
@@ -134,28 +134,37 @@ def find_windows(values: np.ndarray, vis: np.ndarray, observed: np.ndarray, hist
       observed: ``[S]`` False for time steps the resampling created (no observation).
       history: ``T`` history steps.
       horizons: ``[H]`` target offsets in steps after the last history step.
+      filled: ``[S]`` True where an input was interpolated. A window whose LAST history step
+        was filled is dropped (``future_fill``): that value was interpolated towards an
+        observation made after the forecast time, which a live forecast cannot have. Filled
+        steps earlier in the history are fine: their right anchor lies inside the history.
 
     Returns:
       :class:`WindowIndex`; ``dropped`` counts each dropped window once, under the first
       reason that applies: ``gap`` (a step without any observation in the history or at a
-      target), ``missing_input`` (a NaN feature or a NaN last visibility), ``missing_target``.
+      target), ``missing_input`` (a NaN feature or a NaN last visibility), ``missing_target``,
+      ``future_fill``.
     """
     horizons = np.asarray(horizons, dtype=np.int64)
     n_steps = len(vis)
     first, last = history - 1, n_steps - 1 - int(horizons.max())
     if last < first:
-        return WindowIndex(np.zeros(0, np.int64), {"gap": 0, "missing_input": 0, "missing_target": 0})
+        return WindowIndex(np.zeros(0, np.int64),
+                           {"gap": 0, "missing_input": 0, "missing_target": 0, "future_fill": 0})
     ends = np.arange(first, last + 1)
     gap = _window_any(~observed, history, horizons, ends, True, True)
     bad_in = _window_any(~np.isfinite(values).all(axis=1), history, horizons, ends, True, False)
     bad_in |= ~np.isfinite(vis[ends])
     bad_tgt = _window_any(~np.isfinite(vis), history, horizons, ends, False, True)
+    future = np.zeros(len(ends), bool) if filled is None else np.asarray(filled, bool)[ends]
+    earlier = gap | bad_in | bad_tgt
     dropped = {
         "gap": int(gap.sum()),
         "missing_input": int((bad_in & ~gap).sum()),
         "missing_target": int((bad_tgt & ~gap & ~bad_in).sum()),
+        "future_fill": int((future & ~earlier).sum()),
     }
-    return WindowIndex(ends[~(gap | bad_in | bad_tgt)], dropped)
+    return WindowIndex(ends[~(earlier | future)], dropped)
 
 
 def gather_windows(values: np.ndarray, vis: np.ndarray, ends: np.ndarray, history: int,
