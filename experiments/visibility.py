@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nowcast_jax import config as config_lib  # noqa: E402
-from nowcast_jax import loop  # noqa: E402
+from nowcast_jax import loop, metrics  # noqa: E402
 from nowcast_jax.tasks import visibility as vis  # noqa: E402
 from nowcast_jax.tasks import visibility_report as report  # noqa: E402
 
@@ -90,7 +90,7 @@ def train_and_evaluate(name: str, out: Path, extra: list[str], mlp_workdir: Path
     results = task.evaluate(params, "test", out_dir=out / "plots" / name)
     info = {"train_seconds": round(train_s, 1), "description": RUNS[name][2],
             "windows": task.data.report["windows"], "split": task.data.report["split"]}
-    (out / f"{name}.json").write_text(json.dumps(report.json_safe({"info": info, "results": results}), indent=2))
+    (out / f"{name}.json").write_text(json.dumps(metrics.json_safe({"info": info, "results": results}), indent=2))
     print(f"== {name}: {RUNS[name][2]} (trained in {train_s:.0f} s)", flush=True)
     print(vis.format_report(results, task.horizons_hours), flush=True)
     return {"info": info, "results": results}
