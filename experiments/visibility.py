@@ -28,7 +28,6 @@ sys.path.insert(0, str(REPO))
 from nowcast_jax import config as config_lib  # noqa: E402
 from nowcast_jax import loop, metrics  # noqa: E402
 from nowcast_jax.tasks import visibility as vis  # noqa: E402
-from nowcast_jax.tasks import visibility_report as report  # noqa: E402
 
 CONFIG = str(REPO / "configs" / "visibility.py")
 

@@ -3,11 +3,12 @@
 On XLA:CPU, ``lax.conv_general_dilated`` runs its forward pass (and any convolution of the
 same forward form) fast, but the weight gradient that autodiff derives from it is a
 convolution that contracts over the batch and spatial axes, which XLA:CPU runs several
-times slower (inside the recurrent scan, the whole training step was ~15x slower). So on
+times slower inside a ``lax.scan`` (the ConvLSTM training step was ~20x slower). So on
 CPU (``impl="auto"``) we keep XLA's convolution for the forward pass and write the VJP by
-hand: the input gradient is again a forward-form convolution (``dy`` with the flipped,
-transposed kernel), and the weight gradient is im2col (patch extraction) + ONE matmul over
-all ``B*H*W`` positions. ``impl="im2col"`` is the all-matmul version (forward as im2col +
+hand so that both gradients are forward-form (NHWC/HWIO) convolutions too: the input
+gradient is ``dy`` convolved with the flipped, in/out-transposed kernel, and the weight
+gradient is ``x`` (Cin as batch, B as features) convolved with ``dy`` (see
+:func:`_weight_grad`). ``impl="im2col"`` is the all-matmul version (forward as im2col +
 matmul too); ``impl="xla"`` is plain ``lax.conv_general_dilated`` with autodiff's VJP. On GPU
 and TPU ``"auto"`` is the vendor convolution (cuDNN, the TPU conv unit). All give the same
 numbers up to float rounding; ``impl`` forces one.
@@ -102,11 +103,19 @@ _conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
 
 
 def _weight_grad(x: jax.Array, dy: jax.Array, kh: int, kw: int) -> jax.Array:
-    """dW ``[kh, kw, Cin, Cout]`` = patches(x)^T dy as ONE 2-D matmul over all B*H*W positions."""
-    cols = _patches(x, kh, kw, same_padding(kh), same_padding(kw))
-    cols = cols.reshape(-1, cols.shape[-1])
-    dw = cols.T @ dy.reshape(-1, dy.shape[-1]).astype(cols.dtype)
-    return dw.reshape(kh, kw, x.shape[-1], dy.shape[-1])
+    """dW ``[kh, kw, Cin, Cout]`` as a forward-form convolution.
+
+    ``dW[i, j, c, o] = sum_{b,h,w} xpad[b, h+i, w+j, c] dy[b, h, w, o]``: a convolution whose
+    "batch" is Cin, whose contracted "features" are the batch B and whose kernel is ``dy``
+    over the whole ``H x W`` frame. Written with explicit transposes into plain NHWC/HWIO
+    form, XLA:CPU runs it on its fast convolution path; autodiff's own (non-canonical)
+    weight-gradient convolution is the slow one inside a ``lax.scan``.
+    """
+    lhs = jnp.transpose(x, (3, 1, 2, 0))  # [Cin, H, W, B]
+    rhs = jnp.transpose(dy.astype(x.dtype), (1, 2, 0, 3))  # [H, W, B, Cout]
+    out = lax.conv_general_dilated(lhs, rhs, window_strides=(1, 1), padding=(same_padding(kh), same_padding(kw)),
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [Cin, kh, kw, Cout]
+    return jnp.transpose(out, (1, 2, 0, 3))
 
 
 def _input_grad(dy: jax.Array, w: jax.Array) -> jax.Array:
