@@ -286,12 +286,18 @@ def test_batch_shapes_masks_and_units(fake_ds):
     raw = ds.train_batch(0, 5, seed=0, units="mm_h")
     for k in ("inputs", "targets"):
         m = b[k.rstrip("s") + "_mask"]
-        assert np.isfinite(b[k]).all() and (b[k][~m] == 0).all()
+        assert np.isfinite(b[k]).all() and (b[k][~m] == ds.transform.forward(np.zeros(1))[0]).all()
         np.testing.assert_array_equal(m, raw[k.rstrip("s") + "_mask"])
         np.testing.assert_allclose(ds.transform.inverse(b[k])[m], raw[k][m], rtol=1e-5)
     # the fake domain edge (3 NaN columns) reaches the masks: the full-frame eval batch shows it
     ev = radar.RadarDataset.open(glob, FAKE_PATTERN, FakeImporter(), 5, 3, 4, cache_dir=ds.cache_dir)
     full = next(ev.eval_batches("train", 2, units="mm_h"))
+    # unobserved pixels hold 0 mm/h in the output units: for dBR that is the floor code, not 0 (= 1 mm/h)
+    dbr = radar.RadarDataset.open(glob, FAKE_PATTERN, FakeImporter(), 5, 3, 4, cache_dir=ds.cache_dir,
+                                  transform="dbr")
+    fd = next(dbr.eval_batches("train", 2))
+    assert (fd["inputs"][~fd["input_mask"]] == dbr.transform.forward(np.zeros(1))[0]).all()
+    assert dbr.transform.forward(np.zeros(1))[0] < 0
     assert not full["input_mask"][:, :, :, :3].any() and full["input_mask"][:, :, :, 3:].all()
     np.testing.assert_allclose(full["inputs"][0, 0, 5, 5, 0], 12.0 * (1 + np.sin(0.3 * 5 + 0.2 * 5 + 1200)), rtol=1e-5)
 

@@ -20,7 +20,7 @@ Units and layout of a batch (``B`` windows, ``J`` input and ``K`` target frames)
 
 Values are in the units of the dataset's :class:`RainTransform` (``units="transformed"``,
 the default) or in mm/h (``units="mm_h"``). Masks are ``True`` where the radar observed
-(finite value); masked pixels hold the finite fill value ``0.0`` (in output units).
+(finite value); masked pixels hold 0 mm/h expressed in the output units (``transform.forward(0)``).
 
 This module never imports jax; pysteps is imported lazily (only when files are decoded).
 """
@@ -317,8 +317,8 @@ class RadarDataset:
         seqs = [augment(self.window_rain(c.window, c.y, c.x, size), c.rot90, c.flip) for c in crops]
         rain = np.stack(seqs)[..., None]  # [B, J+K, h, w, 1]
         mask = np.isfinite(rain)
+        rain = np.where(mask, rain, 0.0)  # unobserved pixels hold 0 mm/h (in the output units)
         values = self.transform.forward(rain) if units == "transformed" else rain.astype(np.float32)
-        values = np.where(mask, values, 0.0).astype(np.float32)
         j = self.input_frames
         return {"inputs": values[:, :j], "targets": values[:, j:],
                 "input_mask": mask[:, :j], "target_mask": mask[:, j:]}

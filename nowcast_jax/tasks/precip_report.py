@@ -34,7 +34,7 @@ def radar_forecasts(task, predict, params, batch_mm: dict) -> dict[str, np.ndarr
     """All forecasts of one mm/h batch: ``{"model", "persistence", "optical_flow"}`` each ``[B, K, H, W, 1]`` mm/h."""
     k = task.output_frames
     transform = task.source.transform
-    inputs = np.where(batch_mm["input_mask"], transform.forward(batch_mm["inputs"]), 0.0).astype(np.float32)
+    inputs = transform.forward(np.where(batch_mm["input_mask"], batch_mm["inputs"], 0.0))  # unobserved: 0 mm/h
     model = transform.inverse(np.asarray(predict(params, inputs)))
     raw = np.where(batch_mm["input_mask"], batch_mm["inputs"], np.nan)
     return {"model": model,
