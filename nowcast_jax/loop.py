@@ -197,8 +197,20 @@ def _start_state(config, task, tx, mesh, manager) -> tuple[engine.TrainState, in
                if not d.startswith("train.steps:")] if restored.config else []
     if changed:
         _say("config differs from the checkpoint's: " + "; ".join(changed[:10]))
+    _warn_schedule_change(restored.config, config)
     _say(f"resuming from step {restored.step} ({manager.directory})")
     return restored.state, int(restored.step)
+
+
+def _warn_schedule_change(saved: dict | None, config) -> None:
+    """A changed ``train.steps`` is how a run is extended; with a decaying schedule it also
+    changes every learning rate after the resume point, so say so."""
+    if not saved:
+        return
+    before = int(saved.get("train", {}).get("steps", config.train.steps))
+    if before != int(config.train.steps) and config.train.schedule.name != "constant":
+        _say(f"train.steps changed from {before} to {config.train.steps}: the {config.train.schedule.name} "
+             "schedule now spans the new length, so learning rates from here on differ from the original run")
 
 
 class _Runner:

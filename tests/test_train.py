@@ -153,3 +153,14 @@ def test_tensorboard_events_are_written(tmp_path):
     log.write(1, "train", {"loss": 0.5})
     log.close()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_extending_a_decaying_schedule_is_announced(tmp_path, mesh, capsys):
+    config = toy_config(**{"train.steps": "4", "train.schedule.name": "cosine", "checkpoint.every_steps": "4",
+                           "eval.every_steps": "0"})
+    loop.train(config, tmp_path, make_task(config), mesh=mesh)
+    capsys.readouterr()
+    longer = toy_config(**{"train.steps": "6", "train.schedule.name": "cosine", "checkpoint.every_steps": "4",
+                           "eval.every_steps": "0"})
+    loop.train(longer, tmp_path, make_task(longer), mesh=mesh)
+    assert "train.steps changed from 4 to 6" in capsys.readouterr().err
