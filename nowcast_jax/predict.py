@@ -11,11 +11,15 @@
 
 The sidecar keys each kind needs are those ``export_spec`` writes (see the task
 docstrings): radar ``input_steps``, ``time_step_minutes``, ``radar`` (``importer``,
-``importer_kwargs``, ``fn_pattern``, ``downsample_factor``, ``zr_a``, ``zr_b``); station
-``features``, ``history``, ``horizons_hours``, ``step``, ``csv`` (the CSV contract of
-:func:`nowcast_jax.data.station_io.read_station_csv`), ``calm_ms``, ``variable_wind``,
-``interpolate`` (variable names) and ``max_interp_steps``, as in training. Inputs with
-the wrong grid, units or too little history raise :class:`PredictError` with a message that says what was expected.
+``importer_kwargs``, ``fn_pattern``, ``downsample_factor``, ``zr_a``, ``zr_b``, ``grid``:
+the full downsampled frame ``[H, W]`` the training data had, ``centre_crop``: the ``[h, w]``
+the forecaster sees); station ``features``, ``history``, ``horizons_hours``, ``step``,
+``csv`` (the CSV contract of :func:`nowcast_jax.data.station_io.read_station_csv`,
+``valid_ranges`` included), ``visibility_cap_m``, ``calm_ms``, ``variable_wind``,
+``interpolate`` (variable names) and ``max_interp_steps``: a station CSV goes through the
+training data steps (read, clip at the cap, grid, interpolate, features). Inputs with the
+wrong grid, units or too little history raise :class:`PredictError` with a message that
+says what was expected.
 
 numpy/pandas only (plus matplotlib for the PNG); the forecaster is any callable.
 """
@@ -55,7 +59,14 @@ def _frame_shape(sidecar: dict) -> tuple[int, int, int, int]:
 
 
 def read_radar_inputs(sidecar: dict, input_path: str | Path) -> tuple[np.ndarray, list[datetime] | None]:
-    """The last J frames ``[J, H, W]`` mm/h (NaN outside the domain) and their times (or None)."""
+    """The last J frames ``[J, H, W]`` mm/h (NaN outside the domain) and their times (or None).
+
+    The frames (a folder's after downsampling by ``radar.downsample_factor``, an ``.npz``'s as
+    given) must be on the full downsampled grid of the training data (``radar.grid``) before
+    the centre crop (``radar.centre_crop``) cuts them to the forecaster's input: a larger
+    grid (e.g. an ``.npz`` at the native resolution) would otherwise be cropped and forecast
+    at the wrong scale.
+    """
     steps, height, width, _ = _frame_shape(sidecar)
     input_path = Path(input_path)
     if input_path.suffix == ".npz":
@@ -76,14 +87,35 @@ def read_radar_inputs(sidecar: dict, input_path: str | Path) -> tuple[np.ndarray
                            f"{rain.shape[0]}")
     rain = rain[-steps:]
     times = times[-steps:] if times is not None else None
-    rain = _centre_crop(rain, sidecar.get("radar", {}).get("centre_crop"))
-    if rain.shape[1:] != (height, width):
-        raise PredictError(f"wrong grid: frames are {rain.shape[1]}x{rain.shape[2]} but the forecaster was "
-                           f"trained on {height}x{width} (after downsampling by "
-                           f"{sidecar.get('radar', {}).get('downsample_factor', 1)})")
+    rain = _check_grid(rain, sidecar, (height, width), from_folder=input_path.is_dir())
     _check_rain_units(rain, input_path)
     _check_spacing(times, sidecar, input_path)
     return rain, times
+
+
+def _check_grid(rain: np.ndarray, sidecar: dict, model_hw: tuple[int, int], *, from_folder: bool) -> np.ndarray:
+    """Frames ``[T, H, W]`` on the full downsampled grid -> the centre crop the forecaster takes."""
+    cfg = sidecar.get("radar") or {}
+    factor = int(cfg.get("downsample_factor", 1))
+    crop = cfg.get("centre_crop")
+    grid = tuple(int(v) for v in cfg["grid"]) if cfg.get("grid") else None
+    if grid is None and not (crop and from_folder):
+        # no recorded full grid: only frames of exactly the forecaster's size are known to be at
+        # the trained scale (a folder is downsampled here, so its crop is safe)
+        grid = model_hw
+    got = rain.shape[1:]
+    if grid is not None and got != grid:
+        cropped = (f", then centre-cropped to {model_hw[0]}x{model_hw[1]}" if tuple(model_hw) != grid else "")
+        raise PredictError(f"wrong grid: frames are {got[0]}x{got[1]} but the forecaster was trained on "
+                           f"{grid[0]}x{grid[1]} (the radar grid after downsampling by {factor}{cropped}); "
+                           f"an .npz must hold rain_mm_h on that downsampled grid {grid[0]}x{grid[1]} "
+                           f"(downsample factor {factor}), a folder must hold the radar files at their "
+                           "original resolution")
+    rain = _centre_crop(rain, crop)
+    if rain.shape[1:] != tuple(model_hw):
+        raise PredictError(f"wrong grid: frames are {got[0]}x{got[1]} (cropped {rain.shape[1]}x{rain.shape[2]}) "
+                           f"but the forecaster takes {model_hw[0]}x{model_hw[1]} (after downsampling by {factor})")
+    return rain
 
 
 def _centre_crop(rain: np.ndarray, crop) -> np.ndarray:
@@ -92,7 +124,7 @@ def _centre_crop(rain: np.ndarray, crop) -> np.ndarray:
         return rain
     h, w = int(crop[0]), int(crop[1])
     if rain.shape[1] < h or rain.shape[2] < w:
-        return rain  # too small: the grid check below says so
+        return rain  # too small: the grid check says so
     y, x = (rain.shape[1] - h) // 2, (rain.shape[2] - w) // 2
     return rain[:, y:y + h, x:x + w]
 
@@ -209,43 +241,91 @@ def plot_radar(inputs: np.ndarray, forecast: np.ndarray, path: Path, step=None) 
 
 
 # ------------------------------------------------------------------------------ station
-def read_station_inputs(sidecar: dict, csv_path) -> tuple[np.ndarray, list[str], list[np.datetime64]]:
-    """``(x [S, T, F] raw features, station names, issue times)`` from the last T grid steps."""
-    from nowcast_jax.data import station_features, station_io
+def station_contract(sidecar: dict) -> dict:
+    """Keyword arguments of ``read_station_csv`` from the sidecar (its ``csv`` contract, with
+    ``valid_ranges``), as the training data path passed them."""
+    contract = {k: v for k, v in dict(sidecar["csv"]).items() if k not in ("path", "visibility_cap_m")}
+    if contract.get("valid_ranges") is None:
+        contract.pop("valid_ranges", None)
+        if sidecar.get("valid_ranges") is not None:
+            contract["valid_ranges"] = sidecar["valid_ranges"]
+    if contract.get("valid_ranges") is not None:
+        contract["valid_ranges"] = {k: tuple(float(b) for b in v) for k, v in contract["valid_ranges"].items()}
+    return contract
 
-    for key in ("features", "history", "step", "csv"):
-        if key not in sidecar:
-            raise PredictError(f"the forecaster's sidecar lacks {key!r} (needed to read a station CSV)")
-    contract = dict(sidecar["csv"])
-    contract.pop("path", None)
-    contract.pop("visibility_cap_m", None)
-    history, step, features = int(sidecar["history"]), str(sidecar["step"]), list(sidecar["features"])
+
+def station_visibility_cap(sidecar: dict) -> float | None:
+    """The visibility cap (m) the training data was clipped to: ``sidecar["visibility_cap_m"]``
+    (older sidecars: the CSV contract's ``visibility_cap_m``), or None."""
+    cap = sidecar.get("visibility_cap_m", dict(sidecar.get("csv") or {}).get("visibility_cap_m"))
+    return float(cap) if cap else None
+
+
+def station_grids(sidecar: dict, csv_path) -> list:
+    """The training data steps up to the features, on a new CSV: read (units, missing markers,
+    ``valid_ranges``), clip visibility at the trained cap, grid on ``step``, interpolate
+    short inner gaps of the ``interpolate`` variables. Returns the station grids
+    (:class:`nowcast_jax.data.station_io.StationGrid`)."""
+    from nowcast_jax.data import station_io
+
     try:
-        table, _ = station_io.read_station_csv(csv_path, **contract)
+        table, _ = station_io.read_station_csv(csv_path, **station_contract(sidecar))
     except ValueError as err:  # missing columns, unknown units, unparseable times
         raise PredictError(f"{csv_path}: does not follow the forecaster's CSV contract: {err}") from err
     except FileNotFoundError as err:
         raise PredictError(f"{csv_path} not found") from err
     if table.empty:
         raise PredictError(f"{csv_path}: no rows with a valid time")
-    grids, _ = station_io.to_grid(table, step)
-    xs, names, issued, short = [], [], [], []
+    cap = station_visibility_cap(sidecar)
+    if cap is not None:  # as load_station_dataset: visibility above the cap is the cap
+        table["visibility"] = table["visibility"].clip(upper=cap)
+    grids, _ = station_io.to_grid(table, str(sidecar["step"]))
+    max_steps = int(sidecar.get("max_interp_steps", 0))
     for grid in grids:
-        values = {k: (station_io.interpolate_short_gaps(v, int(sidecar.get("max_interp_steps", 0)))[0]
-                      if k in sidecar.get("interpolate", ()) else v) for k, v in grid.values.items()}
-        matrix, _ = station_features.feature_matrix(values, features, calm_ms=float(sidecar.get("calm_ms", 0.0)),
+        for name in sidecar.get("interpolate", ()):
+            # two-sided, so a gap at the end of the CSV (no later observation) stays missing
+            grid.values[name], _ = station_io.interpolate_short_gaps(grid.values[name], max_steps)
+    return grids
+
+
+def read_station_inputs(sidecar: dict, csv_path) -> tuple[np.ndarray, list[str], list[np.datetime64]]:
+    """``(x [S, T, F] raw features, station names, issue times)`` from the last T grid steps.
+
+    The last T steps of every station must be as complete as a training window: each step
+    observed (no step without any observation), every feature finite after interpolation
+    (missing values at the end of the CSV cannot be interpolated: no later observation) and
+    the last visibility finite. Otherwise :class:`PredictError` names the stations and features.
+    """
+    from nowcast_jax.data import station_features
+
+    for key in ("features", "history", "step", "csv"):
+        if key not in sidecar:
+            raise PredictError(f"the forecaster's sidecar lacks {key!r} (needed to read a station CSV)")
+    history, step, features = int(sidecar["history"]), str(sidecar["step"]), list(sidecar["features"])
+    xs, names, issued, short = [], [], [], []
+    for grid in station_grids(sidecar, csv_path):
+        matrix, _ = station_features.feature_matrix(grid.values, features, calm_ms=float(sidecar.get("calm_ms", 0.0)),
                                                     variable_wind=str(sidecar.get("variable_wind", "missing")))
         window = matrix[-history:]
-        if len(window) < history or not np.isfinite(window).all():
-            bad = [f for f, ok in zip(features, np.isfinite(window).all(axis=0)) if not ok]
-            short.append(f"{grid.name} ({len(window)} steps" + (f", missing {bad}" if bad else "") + ")")
+        problems = []
+        gaps = int((~grid.observed[-history:]).sum())
+        if gaps:
+            problems.append(f"no observation in {gaps} step(s)")
+        bad = [f for f, ok in zip(features, np.isfinite(window).all(axis=0)) if not ok]
+        if not np.isfinite(grid.values["visibility"][-1]) and "visibility" not in bad:
+            bad.append("visibility (last step)")
+        if bad:
+            problems.append(f"missing {bad}")
+        if len(window) < history or problems:
+            short.append(f"{grid.name} ({len(window)} steps" + "".join(f", {p}" for p in problems) + ")")
             continue
         xs.append(window)
         names.append(grid.name)
         issued.append(grid.times[-1])
     if short:
         raise PredictError(f"too little history: the forecaster needs the last {history} steps of {step} "
-                           f"complete for {features}; not so for station(s) {', '.join(short)}")
+                           f"complete for {features} (gaps are interpolated only between observations, so "
+                           f"the latest steps must be observed); not so for station(s) {', '.join(short)}")
     return np.stack(xs).astype(np.float32), names, issued
 
 

