@@ -259,9 +259,22 @@ class _Runner:
 
 
 def check_best_metric(config, task, state) -> None:  # state may be abstract
-    """Fail before training when ``checkpoint.best_metric`` is not a metric of ``loss_fn``."""
+    """Fail before training when periodic evaluation cannot work: ``checkpoint.best_metric``
+    is not a metric of ``loss_fn``, or the ``eval.split`` yields no batch."""
     best = config.checkpoint.best_metric
-    if not best or config.eval.every_steps <= 0:
+    if config.eval.every_steps <= 0:
+        return
+    split = str(config.eval.get("split", "val"))
+    try:
+        first = next(iter(task.eval_batches(split, int(config.eval.get("batch_size", 0) or config.train.batch_size))),
+                     None)
+    except (ValueError, KeyError) as err:
+        raise engine.EngineConfigError(f"eval.split={split!r}: the task cannot evaluate it ({err}); "
+                                       "set eval.every_steps=0 or give the task that split") from err
+    if first is None:
+        raise engine.EngineConfigError(f"eval.split={split!r} is empty: set eval.every_steps=0 (no periodic "
+                                       "evaluation, the latest checkpoint is used) or give that split data")
+    if not best:
         return
     batch = task.train_batch(0, int(config.train.batch_size), int(config.seed))
     _, aux = jax.eval_shape(task.loss_fn, state.params, batch, jax.random.key(0))

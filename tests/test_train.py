@@ -164,3 +164,10 @@ def test_extending_a_decaying_schedule_is_announced(tmp_path, mesh, capsys):
                            "eval.every_steps": "0"})
     loop.train(longer, tmp_path, make_task(longer), mesh=mesh)
     assert "train.steps changed from 4 to 6" in capsys.readouterr().err
+
+
+def test_empty_eval_split_fails_before_training(tmp_path, mesh):
+    config = toy_config(**{"data.eval_size": "0", "eval.every_steps": "3"})
+    with pytest.raises(engine.EngineConfigError, match="eval.split='val' is empty"):
+        loop.train(config, tmp_path, make_task(config), mesh=mesh)
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
