@@ -16,7 +16,6 @@ numbers up to float rounding; ``impl`` forces one.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -152,5 +151,3 @@ def pointwise(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Arr
     return y if b is None else y + b
 
 
-conv2d_same_im2col = functools.partial(conv2d_same, impl="im2col")
-conv2d_same_xla = functools.partial(conv2d_same, impl="xla")

@@ -111,7 +111,8 @@ def _contingency(pred, obs, mask, thr, op):
             "false_alarms": count(f & ~o), "correct_negatives": count(~f & ~o)}
 
 
-def _ratio(num, den):
+def safe_ratio(num, den):
+    """``num / den`` in float64, NaN where ``den == 0`` (never inf, no warnings)."""
     num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(den != 0, num / np.where(den != 0, den, 1.0), np.nan)
@@ -129,14 +130,14 @@ def scores_from_contingency(hits, misses, false_alarms, correct_negatives) -> di
     """
     h, m, f, r = (np.asarray(a, np.float64) for a in (hits, misses, false_alarms, correct_negatives))
     n = h + m + f + r
-    h_random = _ratio((h + m) * (h + f), n)
+    h_random = safe_ratio((h + m) * (h + f), n)
     return {
-        "pod": _ratio(h, h + m),
-        "far": _ratio(f, h + f),
-        "csi": _ratio(h, h + m + f),
-        "bias": _ratio(h + f, h + m),
-        "hss": _ratio(2.0 * (h * r - f * m), (h + m) * (m + r) + (h + f) * (f + r)),
-        "ets": _ratio(h - h_random, h + m + f - h_random),
+        "pod": safe_ratio(h, h + m),
+        "far": safe_ratio(f, h + f),
+        "csi": safe_ratio(h, h + m + f),
+        "bias": safe_ratio(h + f, h + m),
+        "hss": safe_ratio(2.0 * (h * r - f * m), (h + m) * (m + r) + (h + f) * (f + r)),
+        "ets": safe_ratio(h - h_random, h + m + f - h_random),
     }
 
 
@@ -169,13 +170,13 @@ def scores_from_moments(mom: dict) -> dict[str, np.ndarray]:
     """
     m = {k: np.asarray(mom[k], np.float64) for k in MOMENT_KEYS}
     n = m["n"]
-    cov = m["sum_xy"] - _ratio(m["sum_x"] * m["sum_y"], n)
-    vx = m["sum_xx"] - _ratio(m["sum_x"] ** 2, n)
-    vy = m["sum_yy"] - _ratio(m["sum_y"] ** 2, n)
+    cov = m["sum_xy"] - safe_ratio(m["sum_x"] * m["sum_y"], n)
+    vx = m["sum_xx"] - safe_ratio(m["sum_x"] ** 2, n)
+    vy = m["sum_yy"] - safe_ratio(m["sum_y"] ** 2, n)
     ok = (n >= 2) & (vx > 0) & (vy > 0)
     corr = np.where(ok, cov / np.sqrt(np.where(ok, vx * vy, 1.0)), np.nan)
-    mse = _ratio(m["sum_se"], n)
-    return {"corr": np.clip(corr, -1.0, 1.0), "mse": mse, "rmse": np.sqrt(mse), "mae": _ratio(m["sum_ae"], n)}
+    mse = safe_ratio(m["sum_se"], n)
+    return {"corr": np.clip(corr, -1.0, 1.0), "mse": mse, "rmse": np.sqrt(mse), "mae": safe_ratio(m["sum_ae"], n)}
 
 
 # -------------------------------------------------------------------------------- FSS
@@ -244,7 +245,7 @@ def _fss_sums(pred, obs, mask, thr, scl, op, centres):
 def fss_from_sums(fss_ff, fss_fo, fss_oo) -> np.ndarray:
     """``FSS = 1 - sum (Pf - Po)² / (sum Pf² + sum Po²)``; NaN where neither field has an event."""
     ff, fo, oo = (np.asarray(a, np.float64) for a in (fss_ff, fss_fo, fss_oo))
-    return 1.0 - _ratio(ff - 2.0 * fo + oo, ff + oo)
+    return 1.0 - safe_ratio(ff - 2.0 * fo + oo, ff + oo)
 
 
 # --------------------------------------------------------------------------- verifier
@@ -315,8 +316,9 @@ def make_verifier(thresholds: Sequence[float], fss_scales: Sequence[int] = (), o
 def named_scores(results: dict, names: Sequence[str] = ("csi", "pod", "far")) -> dict[str, list]:
     """Flatten :meth:`Verifier.compute` output for JSON: ``{"csi_0.5": [per lead], ...}``.
 
-    Per-threshold scores get a ``_<threshold>`` suffix (``%g``), FSS gets
-    ``fss_<threshold>_<scale>``; per-lead scores (``corr``, ``mse``, ...) keep their
+    Per-threshold scores get a ``_<threshold>`` suffix (the float as Python prints it:
+    ``csi_0.5``, ``csi_2.0``), FSS gets ``fss_<threshold>_<scale>``; per-lead scores
+    (``corr``, ``mse``, ...) keep their
     name. NaN stays NaN (write JSON with ``allow_nan`` or replace it first).
     """
     thr, scl = results["thresholds"], results.get("fss_scales", ())
@@ -326,10 +328,10 @@ def named_scores(results: dict, names: Sequence[str] = ("csi", "pod", "far")) ->
         if name == "fss":
             for i, t in enumerate(thr):
                 for j, s in enumerate(scl):
-                    out[f"fss_{t:g}_{int(s)}"] = val[i, j].tolist()
+                    out[f"fss_{float(t)}_{int(s)}"] = val[i, j].tolist()
         elif val.ndim == 2:
             for i, t in enumerate(thr):
-                out[f"{name}_{t:g}"] = val[i].tolist()
+                out[f"{name}_{float(t)}"] = val[i].tolist()
         else:
             out[name] = val.tolist()
     return out

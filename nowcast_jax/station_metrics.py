@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nowcast_jax.metrics import scores_from_contingency
+from nowcast_jax.metrics import safe_ratio, scores_from_contingency
 
 BELOW_OPS = ("<", "<=")
 
@@ -37,29 +37,23 @@ def _pairs(pred, obs, mask=None):
     return pred, obs, valid
 
 
-def _nan_div(num, den):
-    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den != 0, num / np.where(den != 0, den, 1.0), np.nan)
-
-
 def mae(pred, obs, mask=None) -> np.ndarray:
     """Mean absolute error per horizon ``[n_h]``."""
     p, o, v = _pairs(pred, obs, mask)
-    return _nan_div(np.where(v, np.abs(p - o), 0).sum(0), v.sum(0))
+    return safe_ratio(np.where(v, np.abs(p - o), 0).sum(0), v.sum(0))
 
 
 def rmse(pred, obs, mask=None) -> np.ndarray:
     """Root mean squared error per horizon ``[n_h]``."""
     p, o, v = _pairs(pred, obs, mask)
-    return np.sqrt(_nan_div(np.where(v, (p - o) ** 2, 0).sum(0), v.sum(0)))
+    return np.sqrt(safe_ratio(np.where(v, (p - o) ** 2, 0).sum(0), v.sum(0)))
 
 
 def _corr_columns(p, o, v) -> np.ndarray:
     """Pearson r of each column over its valid rows (two-pass; NaN if n < 2 or constant)."""
     n = v.sum(0)
-    mp = _nan_div(np.where(v, p, 0).sum(0), n)
-    mo = _nan_div(np.where(v, o, 0).sum(0), n)
+    mp = safe_ratio(np.where(v, p, 0).sum(0), n)
+    mo = safe_ratio(np.where(v, o, 0).sum(0), n)
     dp, do = np.where(v, p - mp, 0), np.where(v, o - mo, 0)
     cov, vp, vo = (dp * do).sum(0), (dp * dp).sum(0), (do * do).sum(0)
     ok = (n >= 2) & (vp > 0) & (vo > 0)
@@ -198,4 +192,4 @@ def percent_change(model, reference):
 
     For error scores (RMSE, MAE) negative means the model improves on the reference.
     """
-    return 100.0 * _nan_div(np.asarray(model, np.float64) - np.asarray(reference, np.float64), reference)
+    return 100.0 * safe_ratio(np.asarray(model, np.float64) - np.asarray(reference, np.float64), reference)

@@ -241,7 +241,7 @@ def test_named_scores_layout():
     pred, obs, mask = _synthetic(4)
     v = metrics.make_verifier((0.5, 2.0), fss_scales=(3,))
     out = metrics.named_scores(v.compute(v.update(v.init(3), pred, obs, mask)), ("csi", "corr", "fss"))
-    assert set(out) == {"csi_0.5", "csi_2", "corr", "fss_0.5_3", "fss_2_3"}
+    assert set(out) == {"csi_0.5", "csi_2.0", "corr", "fss_0.5_3", "fss_2.0_3"}
     assert all(len(x) == 3 for x in out.values())
 
 

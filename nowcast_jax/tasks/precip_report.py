@@ -42,22 +42,6 @@ def radar_forecasts(task, predict, params, batch_mm: dict) -> dict[str, np.ndarr
             "optical_flow": baselines.optical_flow(raw, k, outside_value=0.0)}
 
 
-def flat_scores(computed: dict) -> dict[str, list]:
-    """Verifier output -> ``{"csi_0.5": [K], "csi_2.0": [K], ..., "corr": [K], "mse", "mae"}``.
-
-    Threshold suffixes are Python's ``str(float)`` (``0.5``, ``2.0``); NaN stays NaN.
-    """
-    out = {}
-    for name in RADAR_SCORES:
-        val = np.asarray(computed[name], np.float64)
-        if val.ndim == 2:
-            for i, t in enumerate(computed["thresholds"]):
-                out[f"{name}_{float(t)}"] = val[i].tolist()
-        else:
-            out[name] = val.tolist()
-    return out
-
-
 def evaluate_radar(task, params, split: str, out_dir=None) -> dict:
     """``{forecaster: {"csi_0.5": [K], "pod_0.5", "far_0.5", "csi_2.0", ..., "corr", "mse", "mae"}}``.
 
@@ -79,7 +63,7 @@ def evaluate_radar(task, params, split: str, out_dir=None) -> dict:
         n += len(batch["inputs"])
     if first is None:
         raise ValueError(f"split {split!r} produced no windows")
-    results = {name: flat_scores(verifier.compute(a)) for name, a in acc.items()}
+    results = {name: metrics.named_scores(verifier.compute(a), RADAR_SCORES) for name, a in acc.items()}
     results["windows"] = n
     if out_dir:
         plot_strip(first[0], first[1], Path(out_dir) / f"precip_radar_{split}.png", rain=True)
