@@ -2,7 +2,8 @@
 
 Default: the paper's best network -- 3 ConvLSTM layers of 128-64-64 hidden states, 5x5
 input-to-state and state-to-state kernels, 4x4 patches (64x64 frames -> 16x16x16), peepholes,
-RMSProp (lr 1e-3, decay 0.9), 10 input -> 10 output frames, cross-entropy loss, batch 16.
+RMSProp (lr 1e-3, decay 0.9), 10 input -> 10 output frames, cross-entropy loss, batch 16,
+the paper's full Hadamard peepholes on the 16x16 patched grid (``model.peephole_shape``).
 Variants:
 
 * ``cpu``: a CPU-feasible ConvLSTM (2 layers of 32, 3x3 kernels) for the equal-budget
@@ -41,7 +42,7 @@ def get_config(variant=None):
         input_frames=10, output_frames=10, frame_size=64, eval_seed=2015,
         val_sequences=256, test_sequences=3000))
     c.model = ml_collections.ConfigDict(dict(
-        cell="convlstm", patch_size=4, hidden=(128, 64, 64), kernel_x=5, kernel_h=5, peepholes=True,
+        cell="convlstm", patch_size=4, hidden=(128, 64, 64), kernel_x=5, kernel_h=5, peepholes=True, peephole_shape=(16, 16),
         forget_bias=1.0, forecaster_input="zeros", feedback="identity", compute_dtype="", remat=False,
         unroll=1, conv_impl="auto", residual=False))
     c.loss = ml_collections.ConfigDict(dict(name="bce", horizon_weights=()))

@@ -55,7 +55,7 @@ def get_config(variant=None):
         transform="log1p", transform_scale=1.0,
         test_events=("20170131",), val_events=(), cache_dir=""))
     c.model = ml_collections.ConfigDict(dict(
-        cell="convlstm", patch_size=4, hidden=(64, 64), kernel_x=5, kernel_h=5, peepholes=True,
+        cell="convlstm", patch_size=4, hidden=(64, 64), kernel_x=5, kernel_h=5, peepholes=True, peephole_shape=(),
         forget_bias=1.0, forecaster_input="zeros", feedback="identity", compute_dtype="", remat=False,
         unroll=1, conv_impl="auto", residual=True))
     c.loss = ml_collections.ConfigDict(dict(

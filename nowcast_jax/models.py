@@ -45,8 +45,8 @@ def dense_init(key: jax.Array, fan_in: int, fan_out: int, dtype=jnp.float32) -> 
 def _make_cells(kind: str, hidden: Sequence[int], **kw) -> list[cells_lib.Cell]:
     if kind == "convlstm":
         return [cells_lib.conv_lstm(f, kw["kernel_x"], kw["kernel_h"], peepholes=kw["peepholes"],
-                                    forget_bias=kw["forget_bias"], compute_dtype=kw["compute_dtype"],
-                                    conv_impl=kw["conv_impl"]) for f in hidden]
+                                    peephole_shape=kw.get("peephole_shape"), forget_bias=kw["forget_bias"],
+                                    compute_dtype=kw["compute_dtype"], conv_impl=kw["conv_impl"]) for f in hidden]
     if kind == "lstm":
         return [cells_lib.lstm(f, peepholes=kw["peepholes"], forget_bias=kw["forget_bias"],
                                compute_dtype=kw["compute_dtype"]) for f in hidden]
@@ -63,7 +63,8 @@ def _check_frames(x: jax.Array, channels: int, patch: int, what: str) -> None:
 
 
 def encoder_forecaster(frame_channels: int = 1, patch_size: int = 4, hidden: Sequence[int] = (64, 64), *,
-                       kernel_x: int = 5, kernel_h: int = 5, peepholes: bool = True, forget_bias: float = 1.0,
+                       kernel_x: int = 5, kernel_h: int = 5, peepholes: bool = True,
+                       peephole_shape: Sequence[int] | None = None, forget_bias: float = 1.0,
                        forecaster_input: str = "zeros", feedback: str = "identity", cell: str = "convlstm",
                        compute_dtype: Any = None, remat: bool = False, unroll: int = 1,
                        conv_impl: str = "auto") -> Model:
@@ -78,13 +79,16 @@ def encoder_forecaster(frame_channels: int = 1, patch_size: int = 4, hidden: Seq
     k-1 (teacher forcing) and the model's own previous output passed through ``feedback``;
     a per-step 0/1 mask of shape ``[K]`` or ``[B, K]`` expresses scheduled sampling inside
     one compiled scan). ``cell="lstm"`` flattens each patched frame into a vector: FC-LSTM.
+    Peepholes are per channel by default (any grid); ``peephole_shape=(H/p, W/p)`` gives the
+    paper's full Hadamard weights on the patched grid (the model is then tied to that grid).
     """
     if forecaster_input not in FORECASTER_INPUTS:
         raise ValueError(f"forecaster_input must be one of {FORECASTER_INPUTS}; got {forecaster_input!r}")
     if feedback not in FEEDBACKS:
         raise ValueError(f"feedback must be one of {tuple(FEEDBACKS)}; got {feedback!r}")
     kw = dict(kernel_x=kernel_x, kernel_h=kernel_h, peepholes=peepholes, forget_bias=forget_bias,
-              compute_dtype=compute_dtype, conv_impl=conv_impl)
+              compute_dtype=compute_dtype, conv_impl=conv_impl,
+              peephole_shape=tuple(peephole_shape) if peephole_shape else None)
     enc_cells, fc_cells = _make_cells(cell, hidden, **kw), _make_cells(cell, hidden, **kw)
     spatial = cell == "convlstm"
     depth = frame_channels * patch_size ** 2

@@ -198,3 +198,11 @@ def test_bf16_model_close_to_f32():
     b = bf16.apply(params, inputs, output_steps=4)
     assert b.dtype == jnp.float32
     assert float(jnp.max(jnp.abs(a - b))) < 5e-2
+
+
+def test_paper_hadamard_peepholes_through_the_model():
+    model = models.encoder_forecaster(**TINY, peephole_shape=(4, 4))
+    params = model.init(jax.random.PRNGKey(0), (8, 8, 1))
+    assert params["encoder"][0]["w_ci"].shape == (4, 4, 3)
+    inputs, _ = _inputs()
+    assert model.apply(params, inputs, output_steps=2).shape == (2, 2, 8, 8, 1)

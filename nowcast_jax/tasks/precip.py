@@ -29,7 +29,8 @@ import numpy as np
 from nowcast_jax import losses, models
 from nowcast_jax.tasks import precip_data, precip_report
 
-MODEL_KEYS = ("patch_size", "hidden", "kernel_x", "kernel_h", "peepholes", "forget_bias", "forecaster_input",
+MODEL_KEYS = ("patch_size", "hidden", "kernel_x", "kernel_h", "peepholes", "peephole_shape", "forget_bias",
+              "forecaster_input",
               "feedback", "cell", "remat", "unroll", "conv_impl")
 RADAR_LOSSES = {"mse": losses.mse, "mae": losses.mae, "balanced_mse": losses.balanced_mse,
                 "balanced_mae": losses.balanced_mae}
