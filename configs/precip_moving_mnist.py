@@ -20,6 +20,18 @@ import ml_collections
 from nowcast_jax.train import default_engine_config
 
 
+def _cpu_budget(c):
+    """The equal training budget of the CPU comparison (``cpu`` vs ``fclstm``)."""
+    c.train.batch_size = 8
+    c.train.steps = 2000
+    c.eval.every_steps = 500
+    c.checkpoint.every_steps = 500
+    c.eval.batches = 4
+    c.data.test_sequences = 256
+    c.train.log_every_steps = 20
+    return c
+
+
 def get_config(variant=None):
     c = default_engine_config()
     c.task = "precip"
@@ -51,26 +63,12 @@ def get_config(variant=None):
     if variant == "cpu":
         c.model.hidden = (32, 32)
         c.model.kernel_x = c.model.kernel_h = 3
-        c.train.batch_size = 8
-        c.train.steps = 2000
-        c.eval.every_steps = 500
-        c.checkpoint.every_steps = 500
-        c.eval.batches = 4
-        c.data.test_sequences = 256
-        c.train.log_every_steps = 20
-        return c
+        return _cpu_budget(c)
     if variant == "fclstm":
         c.model.cell = "lstm"
         c.model.hidden = (512, 512)
         c.model.peepholes = False
-        c.train.batch_size = 8
-        c.train.steps = 2000
-        c.eval.every_steps = 500
-        c.checkpoint.every_steps = 500
-        c.eval.batches = 4
-        c.data.test_sequences = 256
-        c.train.log_every_steps = 20
-        return c
+        return _cpu_budget(c)
     if variant == "tiny":
         c.model.hidden = (4,)
         c.model.kernel_x = c.model.kernel_h = 3
