@@ -12,7 +12,6 @@ medians; ratios are "how many times faster ours (default settings) is" (> 1 = ou
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 
@@ -27,7 +26,7 @@ import numpy as np  # noqa: E402
 import peers_convlstm as peers  # noqa: E402
 from nowcast_jax import models  # noqa: E402
 
-ALL = ("ours", "ours_im2col", "ours_xla", "ours_bf16", "ours_unroll2", "ours_sgd", "ours_sgd_donate", "flax", "keras", "torch")
+ALL = ("ours", "ours_direct", "ours_im2col", "ours_xla", "ours_bf16", "ours_unroll2", "ours_sgd", "ours_sgd_donate", "flax", "keras", "torch")
 
 
 def mse(a, b):
@@ -136,6 +135,7 @@ def main():
     y = jnp.asarray(peers.fake_frames(args.batch, args.out_steps, 1))
     builders = {
         "ours": lambda: ours(args, x, y)[:2],
+        "ours_direct": lambda: ours(args, x, y, conv_impl="direct")[:2],
         "ours_im2col": lambda: ours(args, x, y, conv_impl="im2col")[:2],
         "ours_xla": lambda: ours(args, x, y, conv_impl="xla")[:2],
         "ours_bf16": lambda: ours(args, x, y, compute_dtype=jnp.bfloat16)[:2],
@@ -148,6 +148,7 @@ def main():
     }
     labels = {
         "ours": "ours (defaults: conv_impl=auto, f32, unroll 1)",
+        "ours_direct": "ours, conv_impl=direct (XLA conv + forward-form VJP)",
         "ours_im2col": "ours, conv_impl=im2col (all-matmul conv)",
         "ours_xla": "ours, conv_impl=xla (lax.conv)",
         "ours_bf16": "ours, compute_dtype=bf16",

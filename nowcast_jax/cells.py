@@ -33,6 +33,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from nowcast_jax import spectral
 from nowcast_jax.conv import conv2d_same, same_padding
 
 Params = dict[str, jax.Array]
@@ -53,6 +54,9 @@ class Cell(NamedTuple):
     initial_carry: Callable[..., LSTMState]
     hidden: int
     spatial: bool  # True: inputs [B, H, W, C]; False: inputs [B, F]
+    # prepare(params, spatial_shape) -> params with per-sequence precomputation (e.g. the
+    # kernel's spectrum) that a scan does once, outside its body; apply accepts both.
+    prepare: Callable[[Params, Sequence[int]], Params] = lambda params, spatial_shape=(): params
 
 
 def _uniform(key, shape, scale, dtype):
@@ -159,6 +163,15 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
         shape = (batch_size, *tuple(spatial_shape), F)
         return LSTMState(jnp.zeros(shape, param_dtype), jnp.zeros(shape, param_dtype))
 
+    def prepare(params: Params, spatial_shape: Sequence[int]) -> Params:
+        """Add ``"spectrum"`` (the fused kernel's DFT on this grid) when the spectral
+        convolution applies (see :func:`nowcast_jax.spectral.use_spectral`); else unchanged."""
+        kernel = fused_kernel(params)
+        dtype = compute_dtype or kernel.dtype
+        if "spectrum" in params or not spectral.use_spectral(conv_impl, kernel.shape[0], tuple(spatial_shape), dtype):
+            return params
+        return {**params, "spectrum": spectral.kernel_spectrum(kernel.astype(jnp.float32), *spatial_shape)}
+
     def apply(params: Params, carry: LSTMState, x: jax.Array) -> tuple[LSTMState, jax.Array]:
         """One step: ``x [B, H, W, Cin]`` -> ``(LSTMState, h [B, H, W, F])``."""
         cin = input_width(params, 2)
@@ -169,11 +182,14 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
         _check_carry(carry, (*x.shape[:3], F), "conv_lstm.apply")
         dtype = compute_dtype or x.dtype
         xh = jnp.concatenate([x.astype(dtype), carry.h.astype(dtype)], axis=-1)
-        z = conv2d_same(xh, fused_kernel(params).astype(dtype), impl=conv_impl)
+        if "spectrum" in params:
+            z = spectral.spectral_conv2d(xh, params["spectrum"])
+        else:
+            z = conv2d_same(xh, fused_kernel(params).astype(dtype), impl=conv_impl)
         state = _lstm_update(z.astype(carry.c.dtype) + params["b"], carry.c, params)
         return state, state.h
 
-    return Cell(init, apply, initial_carry, F, True)
+    return Cell(init, apply, initial_carry, F, True, prepare)
 
 
 # --------------------------------------------------------------------------- LSTM

@@ -1,17 +1,19 @@
 """One 2-D convolution ('same' padding, stride 1, NHWC/HWIO), implemented per backend.
 
-On XLA:CPU, ``lax.conv_general_dilated`` runs its forward pass (and any convolution of the
-same forward form) fast, but the weight gradient that autodiff derives from it is a
-convolution that contracts over the batch and spatial axes, which XLA:CPU runs several
-times slower inside a ``lax.scan`` (the ConvLSTM training step was ~20x slower). So on
-CPU (``impl="auto"``) we keep XLA's convolution for the forward pass and write the VJP by
-hand so that both gradients are forward-form (NHWC/HWIO) convolutions too: the input
-gradient is ``dy`` convolved with the flipped, in/out-transposed kernel, and the weight
-gradient is ``x`` (Cin as batch, B as features) convolved with ``dy`` (see
-:func:`_weight_grad`). ``impl="im2col"`` is the all-matmul version (forward as im2col +
-matmul too); ``impl="xla"`` is plain ``lax.conv_general_dilated`` with autodiff's VJP. On GPU
-and TPU ``"auto"`` is the vendor convolution (cuDNN, the TPU conv unit). All give the same
-numbers up to float rounding; ``impl`` forces one.
+Implementations (``impl``), all equal to ``lax.conv`` up to float rounding:
+
+* ``"direct"``: XLA's forward convolution with a hand-written VJP whose two gradients are
+  forward-form (NHWC/HWIO) convolutions too: the input gradient is ``dy`` convolved with
+  the flipped, in/out-transposed kernel, the weight gradient is ``x`` (Cin as batch)
+  convolved with ``dy`` (:func:`_weight_grad`). Autodiff's own weight-gradient convolution
+  contracts over batch and space, which XLA:CPU runs ~20x slower inside a ``lax.scan``.
+* ``"spectral"``: :mod:`nowcast_jax.spectral` (DFT-domain products; a recurrent cell
+  precomputes the kernel's spectrum once per sequence in ``Cell.prepare``).
+* ``"im2col"``: im2col + matmul forward and backward. ``"xla"``: plain
+  ``lax.conv_general_dilated`` with autodiff's VJP.
+* ``"auto"`` (default): on CPU, cells use ``"spectral"`` where it applies (float32, k >= 3,
+  grids up to 32x32: :func:`nowcast_jax.spectral.use_spectral`) and ``"direct"`` otherwise;
+  on GPU and TPU the vendor convolution (cuDNN, the TPU conv unit).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLS = ("auto", "im2col", "xla")
+from nowcast_jax import spectral
+
+IMPLS = ("auto", "direct", "im2col", "xla", "spectral")
 
 
 def same_padding(k: int) -> tuple[int, int]:
@@ -37,7 +41,8 @@ def conv2d_same(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
       x: input ``[B, H, W, Cin]``.
       w: kernel ``[kh, kw, Cin, Cout]``.
       impl: ``"auto"`` (on CPU: XLA's conv forward + hand-written conv/matmul VJP; XLA's conv
-        elsewhere), ``"im2col"`` (im2col + matmul forward and backward) or ``"xla"``.
+        elsewhere), ``"im2col"`` (im2col + matmul forward and backward), ``"xla"``, or
+        ``"spectral"`` (:mod:`nowcast_jax.spectral`; square kernels, float32).
 
     Returns:
       ``[B, H, W, Cout]`` in the promoted dtype of ``x`` and ``w``.
@@ -53,8 +58,12 @@ def conv2d_same(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
         x, w = x.astype(dtype), w.astype(dtype)
     if impl == "auto":
         return _conv_cpu(x, w) if jax.default_backend() == "cpu" else _conv_xla(x, w)
+    if impl == "direct":
+        return _conv_cpu(x, w)
     if impl == "xla":
         return _conv_xla(x, w)
+    if impl == "spectral":  # the spectrum is recomputed per call; cells precompute it per sequence
+        return spectral.spectral_conv2d(x, spectral.kernel_spectrum(w, *x.shape[1:3])).astype(x.dtype)
     return _conv_im2col(x, w)
 
 

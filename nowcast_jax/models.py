@@ -20,8 +20,8 @@ import jax.numpy as jnp
 
 from nowcast_jax import cells as cells_lib
 from nowcast_jax.conv import pointwise
-from nowcast_jax.rollout import (batch_major, depth_to_space, scan, space_to_depth, stack_init,
-                                 stack_initial_carry, stack_scan, stack_step, time_major)
+from nowcast_jax.rollout import (batch_major, depth_to_space, scan_params, space_to_depth, stack_init,
+                                 stack_initial_carry, stack_prepare, stack_scan, stack_step, time_major)
 
 FORECASTER_INPUTS = ("zeros", "autoregressive")
 FEEDBACKS = {"identity": lambda y: y, "sigmoid": jax.nn.sigmoid}
@@ -126,23 +126,25 @@ def encoder_forecaster(frame_channels: int = 1, patch_size: int = 4, hidden: Seq
     def forecast(params, states, last_frame_units, output_steps, truth_units=None, teacher_mask=None):
         """Forecaster: K steps from the encoder ``states``; returns units ``[B, K, ...]``."""
         feed = FEEDBACKS[feedback]
-        head = params["head"]
+        spatial_shape = states[0].h.shape[1:3] if spatial else ()
+        prepared = {"cells": stack_prepare(fc_cells, params["forecaster"], spatial_shape), "head": params["head"]}
 
-        def body(carry, xs):
+        def body(p, carry, xs):
             states, prev = carry
             if forecaster_input == "zeros":
                 x = jnp.zeros((*prev.shape[:-1], 0), prev.dtype)
             else:
                 truth_prev, use_truth = xs
                 x = jnp.where(use_truth, truth_prev, feed(prev))
-            states, outs = stack_step(fc_cells, params["forecaster"], states, x)
-            y = pointwise(jnp.concatenate(outs, axis=-1), head["w"], head["b"])
+            states, outs = stack_step(fc_cells, p["cells"], states, x)
+            y = pointwise(jnp.concatenate(outs, axis=-1), p["head"]["w"], p["head"]["b"])
             return (states, y.astype(prev.dtype)), y
 
         xs = None
         if forecaster_input == "autoregressive":
             xs = _teacher_inputs(last_frame_units, truth_units, teacher_mask, output_steps)
-        _, ys = scan(body, (list(states), last_frame_units), xs, length=output_steps, remat=remat, unroll=unroll)
+        _, ys = scan_params(body, prepared, (list(states), last_frame_units), xs, length=output_steps,
+                            remat=remat, unroll=unroll)
         return batch_major(ys)
 
     def apply(params, inputs, output_steps: int = 10, targets=None, teacher_mask=None):

@@ -4,6 +4,12 @@ Compile time therefore does not grow with the sequence length. Knobs: ``remat`` 
 per-step body in ``jax.checkpoint`` (activations of a step are recomputed in the backward
 pass instead of stored), ``unroll`` is passed to ``lax.scan``.
 
+Cells are prepared once per sequence (``Cell.prepare``: e.g. a kernel's spectrum) outside
+the scan. When prepared parameters hold spectra, :func:`scan_params` defers their weight
+gradients: the backward scan only stacks each step's spectral inputs and output cotangents,
+and the gradient of the whole sequence is one large batched matmul per layer afterwards
+(per-step accumulation into a large loop-carried gradient is what it avoids).
+
 Also here: space-to-depth patching (the paper cuts 64x64 frames into 16x16x16 with 4x4
 patches) and its exact inverse.
 """
@@ -16,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from nowcast_jax import spectral
 from nowcast_jax.cells import Cell, LSTMState, Params
 
 
@@ -32,6 +39,11 @@ def stack_initial_carry(cells: Sequence[Cell], batch_size: int, spatial_shape: S
     """Zero states for every layer (``spatial_shape`` is ``(H, W)`` for ConvLSTM, ``()`` for LSTM)."""
     return [cell.initial_carry(batch_size, spatial_shape) if cell.spatial else cell.initial_carry(batch_size)
             for cell in cells]
+
+
+def stack_prepare(cells: Sequence[Cell], params: Sequence[Params], spatial_shape: Sequence[int] = ()) -> list[Params]:
+    """Each layer's ``Cell.prepare`` for this grid (``()`` for dense cells)."""
+    return [cell.prepare(p, tuple(spatial_shape)) if cell.spatial else cell.prepare(p) for cell, p in zip(cells, params)]
 
 
 def stack_step(cells: Sequence[Cell], params: Sequence[Params], carry: Sequence[LSTMState],
@@ -64,6 +76,63 @@ def scan(body: Callable, carry, xs, *, length: int | None = None, remat: bool = 
     return lax.scan(body, carry, xs, length=length, unroll=unroll)
 
 
+def _is_spectrum(node) -> bool:
+    return isinstance(node, spectral.Spectrum)
+
+
+def scan_params(body: Callable, params, carry, xs, *, length: int | None = None, remat: bool = False,
+                unroll: int = 1):
+    """:func:`scan` of ``body(params, carry, x) -> (carry, y)`` over prepared ``params``.
+
+    Without spectra in ``params`` this is ``scan(partial(body, params), ...)``. With them, a
+    custom VJP defers the spectra's gradients to after the backward scan (module docstring).
+    Carry leaves must be batch-major (``[B, ...]``): the batch size sizes the sinks.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_is_spectrum)
+    where = [i for i, leaf in enumerate(leaves) if _is_spectrum(leaf)]
+    if not where:
+        return scan(lambda c, x: body(params, c, x), carry, xs, length=length, remat=remat, unroll=unroll)
+    steps = length if xs is None else jax.tree_util.tree_leaves(xs)[0].shape[0]
+    batch = jax.tree_util.tree_leaves(carry)[0].shape[0]
+    rest = [leaf for i, leaf in enumerate(leaves) if i not in where]
+
+    def rebuild(rest_leaves, spectra):
+        out, r, s = [], iter(rest_leaves), iter(spectra)
+        for i in range(len(leaves)):
+            out.append(next(s) if i in where else next(r))
+        return jax.tree_util.tree_unflatten(treedef, out)
+
+    def run_with_sinks(spectra, rest_leaves, carry, xs, sinks):
+        def step(c, inp):
+            x, sink = inp
+            p = rebuild(rest_leaves, [sp._replace(sinks=sk) for sp, sk in zip(spectra, sink)])
+            return body(p, c, x)
+        return scan(step, carry, (xs, sinks), length=steps, remat=remat, unroll=unroll)
+
+    @jax.custom_vjp
+    def run(spectra, rest_leaves, carry, xs):
+        return scan(lambda c, x: body(rebuild(rest_leaves, spectra), c, x), carry, xs, length=length,
+                    remat=remat, unroll=unroll)
+
+    def run_fwd(spectra, rest_leaves, carry, xs):
+        frozen = [spectral.Spectrum(*(lax.stop_gradient(a) for a in sp[:3]), sp.kernel_size) for sp in spectra]
+        sinks = [spectral.zero_sinks(sp, batch, steps) for sp in spectra]
+        out, vjp_fn = jax.vjp(lambda r, c, x, s: run_with_sinks(frozen, r, c, x, s), rest_leaves, carry, xs, sinks)
+        return out, vjp_fn
+
+    spectra = [leaves[i] for i in where]
+
+    def run_bwd(vjp_fn, ct):
+        d_rest, d_carry, d_xs, d_sinks = vjp_fn(ct)
+        # the sinks' "cotangents" are the stacked per-step product outputs' cotangents and inputs
+        d_spectra = [spectral.Spectrum(spectral.deferred_grad(xbs, dys), None, None, sp.kernel_size)
+                     for sp, (dys, xbs) in zip(spectra, d_sinks)]
+        return d_spectra, d_rest, d_carry, d_xs
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(spectra, rest, carry, xs)
+
+
 def stack_scan(cells: Sequence[Cell], params: Sequence[Params], carry: Sequence[LSTMState], xs: jax.Array, *,
                remat: bool = False, unroll: int = 1) -> tuple[list[LSTMState], jax.Array]:
     """Run a stack over a sequence.
@@ -77,11 +146,14 @@ def stack_scan(cells: Sequence[Cell], params: Sequence[Params], carry: Sequence[
     if xs.ndim < 3:
         raise ValueError(f"stack_scan: xs must be [B, T, ...]; got shape {tuple(xs.shape)}")
 
-    def body(c, x):
-        c, outs = stack_step(cells, params, c, x)
+    spatial_shape = xs.shape[2:4] if cells and cells[0].spatial else ()
+    prepared = stack_prepare(cells, params, spatial_shape)
+
+    def body(p, c, x):
+        c, outs = stack_step(cells, p, c, x)
         return c, outs[-1]
 
-    carry, hs = scan(body, list(carry), time_major(xs), remat=remat, unroll=unroll)
+    carry, hs = scan_params(body, prepared, list(carry), time_major(xs), remat=remat, unroll=unroll)
     return carry, batch_major(hs)
 
 

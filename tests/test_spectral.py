@@ -1,0 +1,119 @@
+"""Spectral convolution against numpy and lax.conv; the deferred-gradient scan against autodiff."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nowcast_jax import cells, models, rollout, spectral
+from nowcast_jax.conv import conv2d_same
+from tests.reference import conv_same
+
+
+def _rand(key, shape):
+    return jax.random.normal(jax.random.PRNGKey(key), shape)
+
+
+@pytest.mark.parametrize("height,width,k,cin,cout", [(16, 16, 5, 7, 9), (10, 12, 3, 4, 5), (9, 7, 4, 3, 2),
+                                                     (6, 6, 1, 3, 4), (5, 8, 2, 2, 3)])
+def test_spectral_conv_matches_numpy_correlation(height, width, k, cin, cout):
+    x, w = _rand(0, (2, height, width, cin)), _rand(1, (k, k, cin, cout))
+    got = spectral.spectral_conv2d(x, spectral.kernel_spectrum(w, height, width))
+    want = conv_same(np.asarray(x, np.float64), np.asarray(w, np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_spectral_gradients_match_lax_conv():
+    x, w, r = _rand(0, (3, 8, 8, 4)), _rand(1, (5, 5, 4, 6)), _rand(2, (3, 8, 8, 6))
+    loss = lambda impl: (lambda x, w: jnp.sum(jnp.tanh(conv2d_same(x, w, impl=impl)) * r))
+    got = jax.grad(loss("spectral"), argnums=(0, 1))(x, w)
+    want = jax.grad(loss("xla"), argnums=(0, 1))(x, w)
+    for g, ref in zip(got, want):
+        np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def test_spectral_errors_name_the_problem():
+    with pytest.raises(ValueError, match="square kernel"):
+        spectral.kernel_spectrum(jnp.zeros((3, 5, 2, 2)), 8, 8)
+    spec = spectral.kernel_spectrum(jnp.zeros((3, 3, 2, 4)), 8, 8)
+    with pytest.raises(ValueError, match="does not fit an input"):
+        spectral.spectral_conv2d(jnp.zeros((1, 8, 8, 3)), spec)  # wrong channels
+    with pytest.raises(ValueError, match="does not fit an input"):
+        spectral.spectral_conv2d(jnp.zeros((1, 10, 8, 2)), spec)  # wrong grid
+
+
+def test_auto_choice():
+    on_cpu = jax.default_backend() == "cpu"
+    assert spectral.use_spectral("auto", 5, (16, 16), jnp.float32) == on_cpu
+    assert spectral.use_spectral("auto", 5, (32, 32), jnp.float32) == on_cpu
+    assert not spectral.use_spectral("auto", 5, (64, 64), jnp.float32)  # dense DFTs too large there
+    assert not spectral.use_spectral("auto", 5, (16, 16), jnp.bfloat16)
+    assert not spectral.use_spectral("auto", 1, (16, 16), jnp.float32)
+    assert not spectral.use_spectral("direct", 5, (16, 16), jnp.float32)
+    assert spectral.use_spectral("spectral", 5, (64, 64), jnp.bfloat16)
+
+
+def test_prepare_adds_spectrum_only_where_it_applies():
+    cell = cells.conv_lstm(4, 5, 3, conv_impl="spectral")
+    params = cell.init(jax.random.PRNGKey(0), 2)
+    prepared = cell.prepare(params, (6, 6))
+    assert isinstance(prepared["spectrum"], spectral.Spectrum)
+    assert prepared["spectrum"].block.shape[1:] == (2 * (2 + 4), 16)  # fused kernel: Cin + F -> 4F
+    assert "spectrum" not in cells.conv_lstm(4, conv_impl="direct").prepare(params, (6, 6))
+    x, carry = _rand(1, (2, 6, 6, 2)), cell.initial_carry(2, (6, 6))
+    got, want = cell.apply(prepared, carry, x)[1], cells.conv_lstm(4, 5, 3, conv_impl="xla").apply(params, carry, x)[1]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _stack_loss(impl, remat, unroll):
+    stack = [cells.conv_lstm(5, 3, 3, conv_impl=impl), cells.conv_lstm(3, 5, 5, conv_impl=impl,
+                                                                        peephole_shape=(6, 6))]
+    def loss(params, carry, xs):
+        final, hs = rollout.stack_scan(stack, params, carry, xs, remat=remat, unroll=unroll)
+        return jnp.sum(jnp.sin(hs)) + jnp.sum(final[0].c ** 2)
+    return stack, loss
+
+
+@pytest.mark.parametrize("remat,unroll", [(False, 1), (True, 2)])
+def test_deferred_scan_gradients_equal_autodiff(remat, unroll):
+    """All gradients (weights, peepholes, biases, initial state, inputs) of the spectral stack,
+    whose weight gradients are deferred to after the scan, equal lax.conv autodiff."""
+    stack, spectral_loss = _stack_loss("spectral", remat, unroll)
+    _, xla_loss = _stack_loss("xla", remat, unroll)
+    params = rollout.stack_init(jax.random.PRNGKey(0), stack, 2)
+    carry = [cells.LSTMState(0.1 * _rand(10 + i, (2, 6, 6, c.hidden)), 0.1 * _rand(20 + i, (2, 6, 6, c.hidden)))
+             for i, c in enumerate(stack)]
+    xs = _rand(3, (2, 4, 6, 6, 2))
+    got = jax.jit(jax.grad(spectral_loss, argnums=(0, 1, 2)))(params, carry, xs)
+    want = jax.grad(xla_loss, argnums=(0, 1, 2))(params, carry, xs)
+    for path, g in jax.tree_util.tree_leaves_with_path(got):
+        ref = dict(jax.tree_util.tree_leaves_with_path(want))[path]
+        np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(ref).max())),
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("forecaster_input", ["zeros", "autoregressive"])
+def test_encoder_forecaster_training_gradient_equals_lax_conv(forecaster_input):
+    def value_and_grad(impl):
+        model = models.encoder_forecaster(1, 2, (4, 3), kernel_x=5, kernel_h=3, conv_impl=impl,
+                                          forecaster_input=forecaster_input)
+        params = model.init(jax.random.PRNGKey(0), (8, 8, 1))
+        x, y = jax.random.uniform(jax.random.PRNGKey(1), (2, 3, 8, 8, 1)), jax.random.uniform(jax.random.PRNGKey(2),
+                                                                                           (2, 4, 8, 8, 1))
+        teach = dict(targets=y, teacher_mask=jnp.array([1, 0, 1, 0])) if forecaster_input != "zeros" else {}
+        loss = lambda p: jnp.mean((model.apply(p, x, 4, **teach) - y) ** 2)
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    (v, g), (v_ref, g_ref) = value_and_grad("spectral"), value_and_grad("xla")
+    np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1e-3, float(np.abs(b).max())))
+
+
+def test_scan_params_without_spectra_is_a_plain_scan():
+    body = lambda p, c, x: (c + p["a"] * x, c * x)
+    params, xs = {"a": jnp.float32(2.0)}, jnp.arange(4.0)
+    got = rollout.scan_params(body, params, jnp.float32(1.0), xs)
+    want = jax.lax.scan(lambda c, x: body(params, c, x), jnp.float32(1.0), xs)
+    np.testing.assert_allclose(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0])
