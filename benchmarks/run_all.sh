@@ -18,5 +18,6 @@ mkdir -p benchmarks/results
 "$py" benchmarks/bench_compile.py --reps "${COMPILE_REPS:-3}" > benchmarks/results/compile.md
 "$py" benchmarks/bench_memory.py > benchmarks/results/memory.md
 "$py" benchmarks/bench_station.py --runs "$runs" > benchmarks/results/station.md
-cat benchmarks/results/{convlstm,roofline,compile,memory,station}.md > benchmarks/results/all.md
+"$py" benchmarks/bench_allocator.py --reps 3 > benchmarks/results/allocator.md
+cat benchmarks/results/{convlstm,roofline,compile,memory,station,allocator}.md > benchmarks/results/all.md
 echo "wrote benchmarks/results/all.md"

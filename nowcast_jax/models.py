@@ -127,7 +127,8 @@ def encoder_forecaster(frame_channels: int = 1, patch_size: int = 4, hidden: Seq
         """Forecaster: K steps from the encoder ``states``; returns units ``[B, K, ...]``."""
         feed = FEEDBACKS[feedback]
         spatial_shape = states[0].h.shape[1:3] if spatial else ()
-        prepared = {"cells": stack_prepare(fc_cells, params["forecaster"], spatial_shape), "head": params["head"]}
+        cells_params = params["forecaster"] if remat else stack_prepare(fc_cells, params["forecaster"], spatial_shape)
+        prepared = {"cells": cells_params, "head": params["head"]}
 
         def body(p, carry, xs):
             states, prev = carry

@@ -42,7 +42,11 @@ def stack_initial_carry(cells: Sequence[Cell], batch_size: int, spatial_shape: S
 
 
 def stack_prepare(cells: Sequence[Cell], params: Sequence[Params], spatial_shape: Sequence[int] = ()) -> list[Params]:
-    """Each layer's ``Cell.prepare`` for this grid (``()`` for dense cells)."""
+    """Each layer's ``Cell.prepare`` for this grid (``()`` for dense cells).
+
+    Scans with ``remat=True`` skip it: per-sequence spectra and the deferred-gradient stacks
+    are memory that rematerialisation cannot drop, so remat keeps the direct convolution.
+    """
     return [cell.prepare(p, tuple(spatial_shape)) if cell.spatial else cell.prepare(p) for cell, p in zip(cells, params)]
 
 
@@ -103,11 +107,19 @@ def scan_params(body: Callable, params, carry, xs, *, length: int | None = None,
         return jax.tree_util.tree_unflatten(treedef, out)
 
     def run_with_sinks(spectra, rest_leaves, carry, xs, sinks):
+        """The scan with each spectrum's product exporting through its sink; also returns
+        every step's spectral inputs ``xb`` (stacked over time) as auxiliary output."""
         def step(c, inp):
             x, sink = inp
-            p = rebuild(rest_leaves, [sp._replace(sinks=sk) for sp, sk in zip(spectra, sink)])
-            return body(p, c, x)
-        return scan(step, carry, (xs, sinks), length=steps, remat=remat, unroll=unroll)
+            collected = [[] for _ in spectra]
+            p = rebuild(rest_leaves, [sp._replace(sinks=(sk, col)) for sp, sk, col in zip(spectra, sink, collected)])
+            c, y = body(p, c, x)
+            if any(len(col) != 1 for col in collected):
+                raise ValueError("scan_params: every prepared spectrum must be used exactly once per step "
+                                 f"(uses: {[len(col) for col in collected]})")
+            return c, (y, [col[0] for col in collected])
+        carry, (ys, xbs) = scan(step, carry, (xs, sinks), length=steps, remat=remat, unroll=unroll)
+        return (carry, ys), xbs
 
     @jax.custom_vjp
     def run(spectra, rest_leaves, carry, xs):
@@ -117,16 +129,17 @@ def scan_params(body: Callable, params, carry, xs, *, length: int | None = None,
     def run_fwd(spectra, rest_leaves, carry, xs):
         frozen = [spectral.Spectrum(*(lax.stop_gradient(a) for a in sp[:3]), sp.kernel_size) for sp in spectra]
         sinks = [spectral.zero_sinks(sp, batch, steps) for sp in spectra]
-        out, vjp_fn = jax.vjp(lambda r, c, x, s: run_with_sinks(frozen, r, c, x, s), rest_leaves, carry, xs, sinks)
-        return out, vjp_fn
+        out, vjp_fn, xbs = jax.vjp(lambda r, c, x, s: run_with_sinks(frozen, r, c, x, s), rest_leaves, carry, xs,
+                                   sinks, has_aux=True)
+        return out, (vjp_fn, xbs)
 
     spectra = [leaves[i] for i in where]
 
-    def run_bwd(vjp_fn, ct):
-        d_rest, d_carry, d_xs, d_sinks = vjp_fn(ct)
-        # the sinks' "cotangents" are the stacked per-step product outputs' cotangents and inputs
-        d_spectra = [spectral.Spectrum(spectral.deferred_grad(xbs, dys), None, None, sp.kernel_size)
-                     for sp, (dys, xbs) in zip(spectra, d_sinks)]
+    def run_bwd(res, ct):
+        vjp_fn, xbs = res
+        d_rest, d_carry, d_xs, d_sinks = vjp_fn(ct)  # d_sinks: the products' output cotangents, stacked
+        d_spectra = [spectral.Spectrum(spectral.deferred_grad(xb, dy), None, None, sp.kernel_size)
+                     for sp, xb, dy in zip(spectra, xbs, d_sinks)]
         return d_spectra, d_rest, d_carry, d_xs
 
     run.defvjp(run_fwd, run_bwd)
@@ -147,7 +160,7 @@ def stack_scan(cells: Sequence[Cell], params: Sequence[Params], carry: Sequence[
         raise ValueError(f"stack_scan: xs must be [B, T, ...]; got shape {tuple(xs.shape)}")
 
     spatial_shape = xs.shape[2:4] if cells and cells[0].spatial else ()
-    prepared = stack_prepare(cells, params, spatial_shape)
+    prepared = params if remat else stack_prepare(cells, params, spatial_shape)
 
     def body(p, c, x):
         c, outs = stack_step(cells, p, c, x)

@@ -11,16 +11,23 @@ machine's GEMM.
 
 The kernel's spectrum depends only on the parameters, so a recurrent cell computes it
 once per sequence (:func:`kernel_spectrum`, done by ``Cell.prepare`` outside the scan),
-not once per step. Layout: a frame batch ``x [B, H, W, C]`` becomes ``x2 [Fq, 2B, C]``
-(``Fq`` frequencies; rows ``0..B-1`` real parts, ``B..2B-1`` imaginary parts); the spectrum
-is ``re_im [2, Fq, Cin, Cout]`` (real, imaginary). Numbers agree with ``lax.conv`` to float
+not once per step. Layout: a frame batch ``x [B, H, W, Cin]`` becomes the real block
+``xb [Fq, 2B, 2Cin] = [[Xr, -Xi], [Xi, Xr]]`` (``Fq`` frequencies) and the spectrum is
+``block [Fq, 2Cin, Cout] = [Sr; Si]``, so ``xb @ block = [Yr; Yi]``, the real and imaginary
+parts of the product, in one batched matmul. Numbers agree with ``lax.conv`` to float
 rounding (relative error ~1e-6 in float32).
+
+Cost model (why it wins on CPU at batch 8): per step the products read the whole
+spectrum (``Fq x 2Cin x Cout`` floats, ~47 MB for 128 -> 256 channels), so they are bound
+by memory bandwidth rather than arithmetic; the direct convolution is bound by arithmetic.
 
 Gradients: :func:`spectral_conv2d` is differentiable on its own (the spectrum's gradient
 is accumulated per call). Inside a scan, :func:`nowcast_jax.rollout.scan_params` instead
-defers it: each step exports its spectral input and output cotangent through the two
-``sinks`` and the weight gradient of the whole sequence is one batched matmul over
-``T x B`` after the backward scan (see :func:`_site`).
+defers it: each step returns its spectral input as a scan output and exports its output
+cotangent through a zero ``sink``, and the weight gradient of the whole sequence is one batched matmul over
+``T x 2B`` rows after the backward scan (see :func:`_site`). Memory: the spectra and the
+stacked exports are extra (the 20 -> 20 benchmark step's peak grows from ~0.6 to ~1.4 GB);
+``remat=True`` therefore keeps the direct convolution.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ class Spectrum(NamedTuple):
     re_t: jax.Array
     im_t: jax.Array
     kernel_size: int
-    sinks: Any = None  # (y zeros [Fq, 2B, Cout], x zeros [Fq, 2B, 2Cin]) per step
+    sinks: Any = None  # (y zeros [Fq, 2B, Cout], list collecting this step's xb) per step
 
 
 jax.tree_util.register_pytree_node(
@@ -132,8 +139,9 @@ def spectral_conv2d(x: jax.Array, spectrum: Spectrum) -> jax.Array:
     if spectrum.sinks is None:
         y = _product(xb, *spectrum[:3])
     else:
-        sink_y, sink_x = spectrum.sinks
-        y = _site(xb, *(jax.lax.stop_gradient(a) for a in spectrum[:3]), sink_y, sink_x)
+        sink_y, collected = spectrum.sinks
+        collected.append(xb)  # the deferred scan returns it as a per-step output
+        y = _site(xb, *(jax.lax.stop_gradient(a) for a in spectrum[:3]), sink_y)
     y = y.reshape(fq, 2, batch, -1)  # [Fq, re/im, B, Cout]
     inverse_fq = np.ascontiguousarray(np.swapaxes(inverse, 0, 1))  # [Fq, 2, H*W]
     out = jnp.einsum("fqs,fqbo->bso", inverse_fq, y, precision=_HI)
@@ -168,30 +176,29 @@ _product.defvjp(_product_fwd, _product_bwd)
 
 
 @jax.custom_vjp
-def _site(xb, block, re_t, im_t, sink_y, sink_x):
+def _site(xb, block, re_t, im_t, sink_y):
     """The product inside a deferred scan: the spectrum gets no gradient here; instead the
-    output cotangent leaves through ``sink_y`` and ``xb`` itself leaves as the "cotangent" of
-    ``sink_x``, so the scan's backward pass stacks both over time."""
+    output cotangent leaves through the zero ``sink_y`` (a per-step scan input), so the
+    scan's backward pass stacks it over time. ``xb`` is not kept for the backward pass."""
     return _mm(xb, block) + sink_y
 
 
-def _site_fwd(xb, block, re_t, im_t, sink_y, sink_x):
-    return _site(xb, block, re_t, im_t, sink_y, sink_x), (xb, re_t, im_t)
+def _site_fwd(xb, block, re_t, im_t, sink_y):
+    return _site(xb, block, re_t, im_t, sink_y), (re_t, im_t)
 
 
 def _site_bwd(res, dy):
-    xb, re_t, im_t = res
-    return _input_grad(dy, re_t, im_t), None, None, None, dy, xb
+    re_t, im_t = res
+    return _input_grad(dy, re_t, im_t), None, None, None, dy
 
 
 _site.defvjp(_site_fwd, _site_bwd)
 
 
-def zero_sinks(spectrum: Spectrum, batch: int, steps: int):
-    """Per-step zero sinks ``[T, ...]`` for a deferred scan over ``steps`` steps."""
-    fq, cin2, cout = spectrum.block.shape
-    return (jnp.zeros((steps, fq, 2 * batch, cout), jnp.float32),
-            jnp.zeros((steps, fq, 2 * batch, cin2), jnp.float32))
+def zero_sinks(spectrum: Spectrum, batch: int, steps: int) -> jax.Array:
+    """Per-step zero output sinks ``[T, Fq, 2B, Cout]`` for a deferred scan over ``steps`` steps."""
+    fq, _, cout = spectrum.block.shape
+    return jnp.zeros((steps, fq, 2 * batch, cout), jnp.float32)
 
 
 def deferred_grad(xbs: jax.Array, dys: jax.Array) -> jax.Array:

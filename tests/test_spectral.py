@@ -117,3 +117,15 @@ def test_scan_params_without_spectra_is_a_plain_scan():
     want = jax.lax.scan(lambda c, x: body(params, c, x), jnp.float32(1.0), xs)
     np.testing.assert_allclose(got[1], want[1])
     np.testing.assert_allclose(got[0], want[0])
+
+
+def test_deferred_scan_refuses_a_spectrum_used_twice_per_step():
+    spec = spectral.kernel_spectrum(_rand(0, (3, 3, 2, 2)), 4, 4)
+
+    def body(p, c, x):
+        y = spectral.spectral_conv2d(spectral.spectral_conv2d(x + c, p["s"]), p["s"])
+        return c + y, y
+
+    loss = lambda s: jnp.sum(rollout.scan_params(body, {"s": s}, jnp.zeros((1, 4, 4, 2)), _rand(1, (3, 1, 4, 4, 2)))[1])
+    with pytest.raises(ValueError, match="used exactly once per step"):
+        jax.grad(loss)(spec)
