@@ -19,5 +19,6 @@ mkdir -p benchmarks/results
 "$py" benchmarks/bench_memory.py > benchmarks/results/memory.md
 "$py" benchmarks/bench_station.py --runs "$runs" > benchmarks/results/station.md
 "$py" benchmarks/bench_allocator.py --reps 3 > benchmarks/results/allocator.md
-cat benchmarks/results/{convlstm,roofline,compile,memory,station,allocator}.md > benchmarks/results/all.md
+"$py" benchmarks/bench_grid.py > benchmarks/results/grid.md
+cat benchmarks/results/{convlstm,roofline,compile,memory,station,allocator,grid}.md > benchmarks/results/all.md
 echo "wrote benchmarks/results/all.md"

@@ -12,7 +12,7 @@ Implementations (``impl``), all equal to ``lax.conv`` up to float rounding:
 * ``"im2col"``: im2col + matmul forward and backward. ``"xla"``: plain
   ``lax.conv_general_dilated`` with autodiff's VJP.
 * ``"auto"`` (default): on CPU, cells use ``"spectral"`` where it applies (float32, k >= 3,
-  grids up to 32x32: :func:`nowcast_jax.spectral.use_spectral`) and ``"direct"`` otherwise;
+  grids up to 24x24: :func:`nowcast_jax.spectral.use_spectral`) and ``"direct"`` otherwise;
   on GPU and TPU the vendor convolution (cuDNN, the TPU conv unit).
 """
 
