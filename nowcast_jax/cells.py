@@ -166,9 +166,11 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
     def prepare(params: Params, spatial_shape: Sequence[int]) -> Params:
         """Add ``"spectrum"`` (the fused kernel's DFT on this grid) when the spectral
         convolution applies (see :func:`nowcast_jax.spectral.use_spectral`); else unchanged."""
+        if "spectrum" in params:
+            return params
         kernel = fused_kernel(params)
         dtype = compute_dtype or kernel.dtype
-        if "spectrum" in params or not spectral.use_spectral(conv_impl, kernel.shape[0], tuple(spatial_shape), dtype):
+        if not spectral.use_spectral(conv_impl, kernel.shape[0], tuple(spatial_shape), dtype):
             return params
         return {**params, "spectrum": spectral.kernel_spectrum(kernel.astype(jnp.float32), *spatial_shape)}
 

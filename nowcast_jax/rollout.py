@@ -93,7 +93,7 @@ def scan_params(body: Callable, params, carry, xs, *, length: int | None = None,
     Carry leaves must be batch-major (``[B, ...]``): the batch size sizes the sinks.
     """
     leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_is_spectrum)
-    where = [i for i, leaf in enumerate(leaves) if _is_spectrum(leaf)]
+    where = {i for i, leaf in enumerate(leaves) if _is_spectrum(leaf)}
     if not where:
         return scan(lambda c, x: body(params, c, x), carry, xs, length=length, remat=remat, unroll=unroll)
     steps = length if xs is None else jax.tree_util.tree_leaves(xs)[0].shape[0]
@@ -133,7 +133,7 @@ def scan_params(body: Callable, params, carry, xs, *, length: int | None = None,
                                    sinks, has_aux=True)
         return out, (vjp_fn, xbs)
 
-    spectra = [leaves[i] for i in where]
+    spectra = [leaves[i] for i in sorted(where)]
 
     def run_bwd(res, ct):
         vjp_fn, xbs = res
