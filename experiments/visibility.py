@@ -106,6 +106,14 @@ RUNS = {
                                      "eval.value_workdirs=('{runs}/lstm16', '{runs}/lstm16_seed1', "
                                      "'{runs}/lstm16_seed2')"],
                              "fog16_ens3_v16 with the stratified cut", "fog16"),
+    # --- neighbour-station features (pre-declared in docs/visibility.md; scored by visibility_folds.py)
+    "fog18": ("fog2", ["data.features=fog18"], "fog2 variant with the 18 features (fog16 + 2 neighbour-station)"),
+    "fog18_seed1": ("fog2", ["data.features=fog18", "seed=1"], "fog18 with seed 1"),
+    "fog18_seed2": ("fog2", ["data.features=fog18", "seed=2"], "fog18 with seed 2"),
+    "fog18_ens3_v8": ("fog2", ["data.features=fog18",
+                               "eval.ensemble_workdirs=('{runs}/fog18_seed1', '{runs}/fog18_seed2')",
+                               "eval.value_workdirs=('{runs}/lstm8', '{runs}/lstm8_seed1', '{runs}/lstm8_seed2')"],
+                      "event from the fog18 3-seed classifier, value = mean of the 3 paper LSTMs", "fog18"),
     "lstm8_random": (None, ["data.split=random", "data.fractions=(0.7, 0.1, 0.2)"],
                      "LSTM, plain MSE, the paper's random split of windows (LEAKS)"),
 }

@@ -261,12 +261,13 @@ def station_visibility_cap(sidecar: dict) -> float | None:
     return float(cap) if cap else None
 
 
-def station_grids(sidecar: dict, csv_path) -> list:
+def station_grids(sidecar: dict, csv_path, *, with_observed: bool = False):
     """The training data steps up to the features, on a new CSV: read (units, missing markers,
     ``valid_ranges``), clip visibility at the trained cap, grid on ``step``, interpolate
     short inner gaps of the ``interpolate`` variables. Returns the station grids
-    (:class:`nowcast_jax.data.station_io.StationGrid`)."""
-    from nowcast_jax.data import station_io
+    (:class:`nowcast_jax.data.station_io.StationGrid`); with ``with_observed`` also the
+    neighbour-feature inputs taken before interpolation (``station_neighbours.observed_inputs``)."""
+    from nowcast_jax.data import station_io, station_neighbours
 
     try:
         table, _ = station_io.read_station_csv(csv_path, **station_contract(sidecar))
@@ -280,12 +281,13 @@ def station_grids(sidecar: dict, csv_path) -> list:
     if cap is not None:  # as load_station_dataset: visibility above the cap is the cap
         table["visibility"] = table["visibility"].clip(upper=cap)
     grids, _ = station_io.to_grid(table, str(sidecar["step"]))
+    observed = station_neighbours.observed_inputs(grids)
     max_steps = int(sidecar.get("max_interp_steps", 0))
     for grid in grids:
         for name in sidecar.get("interpolate", ()):
             # two-sided, so a gap at the end of the CSV (no later observation) stays missing
             grid.values[name], _ = station_io.interpolate_short_gaps(grid.values[name], max_steps)
-    return grids
+    return (grids, observed) if with_observed else grids
 
 
 def station_steps_needed(sidecar: dict) -> int:
@@ -318,6 +320,29 @@ def _window_problems(grid, window: np.ndarray, features: list, history: int) -> 
     return problems
 
 
+def _neighbour_inputs(sidecar: dict, grids: list, observed: list, csv_path) -> list[dict]:
+    """Per grid, the neighbour-station features the forecaster takes (``[{}, ...]`` if none).
+
+    They compare each station with the others of the file, so the CSV must hold the stations
+    the forecaster was trained with (``sidecar["neighbour_stations"]``), no fewer and no more."""
+    from nowcast_jax.data import station_features, station_neighbours
+
+    features = list(sidecar["features"])
+    if not any(f in station_neighbours.NEIGHBOUR_FEATURES for f in features):
+        return [{} for _ in grids]
+    trained = sorted(sidecar.get("neighbour_stations") or ())
+    found = sorted(g.name for g in grids)
+    if not trained:
+        raise PredictError("the forecaster takes neighbour-station features but its sidecar lacks "
+                           "'neighbour_stations' (re-export it)")
+    if found != trained:
+        raise PredictError(f"{csv_path}: the forecaster's neighbour-station features compare stations "
+                           f"{trained}; the CSV holds {found} (it needs the same stations)")
+    near, _ = station_neighbours.neighbour_features(grids, features, observed=observed,
+                                                    log_offset_m=station_features.LOG_VISIBILITY_OFFSET_M)
+    return near
+
+
 def read_station_inputs(sidecar: dict, csv_path) -> tuple[np.ndarray, list[str], list[np.datetime64]]:
     """``(x [S, T, F] raw features, station names, issue times)`` from the last T grid steps.
 
@@ -335,14 +360,16 @@ def read_station_inputs(sidecar: dict, csv_path) -> tuple[np.ndarray, list[str],
             raise PredictError(f"the forecaster's sidecar lacks {key!r} (needed to read a station CSV)")
     history, step, features = int(sidecar["history"]), str(sidecar["step"]), list(sidecar["features"])
     need = station_steps_needed(sidecar)
+    grids, observed = station_grids(sidecar, csv_path, with_observed=True)
+    near = _neighbour_inputs(sidecar, grids, observed, csv_path)
     xs, names, issued, short = [], [], [], []
-    for grid in station_grids(sidecar, csv_path):
+    for grid, g_near in zip(grids, near):
         if need > history and len(grid.times) < need:  # change features: their look-back too
             short.append(f"{grid.name} ({len(grid.times)} steps, {need} needed with the look-back of the changes)")
             continue
         matrix, _ = station_features.feature_matrix(grid.values, features, calm_ms=float(sidecar.get("calm_ms", 0.0)),
                                                     variable_wind=str(sidecar.get("variable_wind", "missing")),
-                                                    times=grid.times)
+                                                    times=grid.times, neighbours=g_near)
         window = matrix[-history:]
         problems = _window_problems(grid, window, features, history)
         if len(window) < history or problems:

@@ -16,13 +16,15 @@ Steps (each counted in ``dataset.report``):
 3. Interpolation: NaN runs of at most ``max_interp_steps`` steps in the ``interpolate``
    variables (pressure, temperature, dew point by default) are filled linearly between
    observed values. Visibility (the target) and wind direction (circular) never are.
-4. Features (``features``: names or ``"paper8"`` / ``"paper6"`` / ``"fog16"``, the 8 factors
+4. Features (``features``: names or ``"paper8"`` / ``"paper6"`` / ``"fog16"`` / ``"fog18"``, the 8 factors
    plus the derived fog-physics features of
    :data:`~nowcast_jax.data.station_features.DERIVED_FEATURES`). Calm wind (speed
    ``<= calm_wind_ms``) has no direction: ``sin = cos = 0``. A missing direction with wind
    above calm is missing (``variable_wind="missing"``) or treated like calm (``"calm"``).
    Their 1 h / 3 h changes look before the window's first step (0 where that value is
-   missing), so they never drop a window the base features keep.
+   missing), so they never drop a window the base features keep. ``"fog18"`` adds what the
+   file's other stations observed at the same step (never their interpolated values:
+   :mod:`~nowcast_jax.data.station_neighbours`; own value where none has one).
 5. Windows: ``history_hours`` of inputs ending at ``t`` (``times``), targets = visibility
    at ``t + h`` for ``h`` in ``horizons_hours``, ``start_vis`` = visibility at ``t``.
    Windows with a gap or any NaN left are dropped, counted by reason; so are windows whose
@@ -48,6 +50,8 @@ import numpy as np
 import pandas as pd
 
 from nowcast_jax.data import station_features as sf
+from nowcast_jax.data.station_neighbours import (  # noqa: F401  (NEIGHBOUR_FEATURES re-exported)
+    NEIGHBOUR_FEATURES, neighbour_features, observed_inputs)
 from nowcast_jax.data.station_features import (  # noqa: F401  (re-exported)
     FEATURE_NAMES, PAPER_FEATURES_6, PAPER_FEATURES_8, MinMaxScaler, overlap_share, wind_components)
 from nowcast_jax.data.station_io import (  # noqa: F401  (re-exported)
@@ -221,6 +225,7 @@ def load_station_dataset(
     if not grids:
         raise ValueError(f"no observations left in {path} after reading")
     share_before = _missing_share(grids, low_visibility_m)
+    seen = observed_inputs(grids)  # what each station shows its neighbours: never interpolated
     interpolated = {n: 0 for n in interp}
     filled = {}  # station -> [S] True where any input was interpolated
     for g in grids:
@@ -235,9 +240,10 @@ def load_station_dataset(
     # features and valid windows per station
     per, wind = [], {"calm": 0, "variable": 0}
     dropped = {"gap": 0, "missing_input": 0, "missing_target": 0, "future_fill": 0}
-    for g in grids:
+    near, near_rep = neighbour_features(grids, feats, observed=seen, log_offset_m=sf.LOG_VISIBILITY_OFFSET_M)
+    for g, g_near in zip(grids, near):
         values, counts = sf.feature_matrix(g.values, feats, calm_ms=calm_wind_ms, variable_wind=variable_wind,
-                                           times=g.times)
+                                           times=g.times, neighbours=g_near)
         wi = sf.find_windows(values, g.values["visibility"], g.observed, history, hsteps, filled[g.name])
         per.append((g, values, wi.end))
         for k in dropped:
@@ -290,6 +296,7 @@ def load_station_dataset(
         "resampled_steps": sum(r["steps"] for r in grid_rep.values()),
         "missing_steps": sum(r["missing_steps"] for r in grid_rep.values()),
         "interpolated": interpolated, "max_interp_steps": int(max_interp_steps), "wind": wind,
+        "neighbours": {"stations": [g.name for g in grids], **near_rep},
         "low_visibility_m": float(low_visibility_m),
         "low_vis_steps": int(sum((g.values["visibility"] < low_visibility_m).sum() for g in grids)),
         "missing_at_low_vis": {"before_interp": share_before, "after_interp": share_after},

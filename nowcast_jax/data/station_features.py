@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nowcast_jax.data.station_neighbours import NEIGHBOUR_FEATURES
+
 # Feature names, and the sets offered by name (FEATURE_SETS).
 BASE_FEATURES = (
     "wind_speed", "wind_dir_sin", "wind_dir_cos", "pressure",
@@ -30,7 +32,9 @@ DERIVED_FEATURES = (
     "dewpoint_depression", "dewpoint_depression_tend3h", "relative_humidity",
     "hour_sin", "hour_cos", "log_visibility", "log_visibility_tend1h", "log_visibility_tend3h",
 )
-FEATURE_NAMES = BASE_FEATURES + DERIVED_FEATURES
+#: :data:`~nowcast_jax.data.station_neighbours.NEIGHBOUR_FEATURES` (the lowest log visibility
+#: and dew-point depression among the file's other stations) come from all stations at once.
+FEATURE_NAMES = BASE_FEATURES + DERIVED_FEATURES + NEIGHBOUR_FEATURES
 #: The paper's 8 factors (Li et al. 2019), in the paper's order.
 PAPER_FEATURES_8 = BASE_FEATURES
 #: The 6-factor set of the paper's Table 5. We could not check the table here; our reading
@@ -39,7 +43,10 @@ PAPER_FEATURES_8 = BASE_FEATURES
 PAPER_FEATURES_6 = ("wind_speed", "pressure", "precipitation", "dew_point", "temperature", "visibility")
 #: The paper's 8 factors plus the fog-physics features (16; not in the paper).
 FOG_FEATURES_16 = PAPER_FEATURES_8 + DERIVED_FEATURES
-FEATURE_SETS = {"paper8": PAPER_FEATURES_8, "paper6": PAPER_FEATURES_6, "fog16": FOG_FEATURES_16}
+#: ``fog16`` plus the two neighbour-station features (18; needs a file of >= 2 stations).
+FOG_FEATURES_18 = FOG_FEATURES_16 + NEIGHBOUR_FEATURES
+FEATURE_SETS = {"paper8": PAPER_FEATURES_8, "paper6": PAPER_FEATURES_6, "fog16": FOG_FEATURES_16,
+                "fog18": FOG_FEATURES_18}
 LOG_VISIBILITY_OFFSET_M = 100.0
 
 SPLITS = ("train", "val", "test")
@@ -181,21 +188,29 @@ def derived_features(grid: dict[str, np.ndarray], names, times=None) -> dict[str
 
 
 def feature_matrix(grid: dict[str, np.ndarray], features, *, calm_ms: float = 0.0,
-                   variable_wind: str = "missing", times=None) -> tuple[np.ndarray, dict]:
+                   variable_wind: str = "missing", times=None, neighbours=None) -> tuple[np.ndarray, dict]:
     """Stack canonical grid columns (and derived features) into the feature matrix.
 
     Args:
       grid: canonical name -> ``[S]`` array (all seven canonical variables).
       features: feature names (see :data:`FEATURE_NAMES`).
       times: ``[S]`` datetime64 grid times; needed only by the hour and tendency features.
+      neighbours: this station's entry of
+        :func:`~nowcast_jax.data.station_neighbours.neighbour_features` (name -> ``[S]``);
+        needed only by the neighbour features.
 
     Returns:
       ``(values [S, F] float64 with NaN for missing, wind counts)``.
     """
+    missing = [f for f in features if f in NEIGHBOUR_FEATURES and f not in (neighbours or {})]
+    if missing:
+        raise ValueError(f"features {missing} need the other stations: pass neighbours= "
+                         f"(station_neighbours.neighbour_features of all the file's grids)")
     sin, cos, counts = wind_components(grid["wind_speed"], grid["wind_direction"],
                                        calm_ms=calm_ms, variable_wind=variable_wind)
     source = {"wind_dir_sin": sin, "wind_dir_cos": cos}
     source.update(derived_features(grid, features, times))
+    source.update({k: v for k, v in (neighbours or {}).items() if k in features})
     cols = [source[f] if f in source else np.asarray(grid[f], np.float64) for f in features]
     return np.stack(cols, axis=1), counts
 

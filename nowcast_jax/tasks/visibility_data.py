@@ -88,7 +88,7 @@ def parse_names(value):
 def data_kwargs(data_cfg) -> dict:
     """``config.data`` -> keyword arguments of ``load_station_dataset`` (plain values).
 
-    ``features`` may be a set name (``"paper8"``, ``"paper6"``, ``"fog16"``), a list of
+    ``features`` may be a set name (``"paper8"``, ``"paper6"``, ``"fog16"``, ``"fog18"``), a list of
     feature names, a string holding such a list (``"('visibility', 'pressure')"`` or
     ``"visibility,pressure"``: what ``--config.data.features=...`` gives, the default being
     a string) or a one-element list holding a set name.
@@ -141,7 +141,10 @@ def station_sidecar(data_cfg, dataset: station_data.StationDataset, features, hi
     what :mod:`nowcast_jax.predict` needs to turn a station CSV into its inputs."""
     csv, prep = station_contract(data_kwargs(data_cfg))
     step = prep["step"]
-    return {
+    near = {}
+    if any(f in station_data.NEIGHBOUR_FEATURES for f in features):  # predict needs the same stations
+        near["neighbour_stations"] = list(dataset.report["neighbours"]["stations"])
+    return {**near,
         "kind": "station", "features": list(features), "history": int(history),
         "horizons_hours": [float(h) for h in dataset.horizons_hours], "step": step,
         "time_step_minutes": station_data.pd.Timedelta(step).total_seconds() / 60.0, "csv": csv,

@@ -1,0 +1,126 @@
+"""Neighbour-station features: an independent pandas reference, no look-ahead, windows kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nowcast_jax.data import station_features as sf
+from nowcast_jax.data.station_io import StationGrid
+from nowcast_jax.data.station_neighbours import NEIGHBOUR_FEATURES, neighbour_features
+
+from tests.test_station import _frame, _load, _write
+
+HOUR = np.timedelta64(3600, "s")
+
+
+def _grid(name, start, n, seed, step=HOUR):
+    """A station grid of ``n`` steps from ``start`` with random values, 20 % of them missing."""
+    rng = np.random.default_rng(seed)
+    values = {"visibility": np.exp(rng.uniform(3, 9.7, n)), "temperature": rng.normal(10, 5, n),
+              "dew_point": rng.normal(5, 5, n)}
+    for v in values.values():
+        v[rng.random(n) < 0.2] = np.nan
+    times = np.datetime64(start, "s") + np.arange(n) * step
+    return StationGrid(name, times, values, np.ones(n, bool))
+
+
+def _reference(grids) -> dict:
+    """Per station a DataFrame of both features, from a wide pandas table keyed by time."""
+    long = pd.concat([pd.DataFrame({"station": g.name, "time": g.times,
+                                    "neighbour_log_visibility_min": np.log(g.values["visibility"] + 100.0),
+                                    "neighbour_dewpoint_depression_min": g.values["temperature"] - g.values["dew_point"]})
+                      for g in grids])
+    out = {}
+    for g in grids:
+        cols = {}
+        for name in NEIGHBOUR_FEATURES:
+            wide = long.pivot(index="time", columns="station", values=name)
+            own = wide[g.name].reindex(g.times)
+            others = wide.drop(columns=g.name).min(axis=1, skipna=True).reindex(g.times)
+            cols[name] = others.fillna(own).to_numpy()
+        out[g.name] = cols
+    return out
+
+
+def test_neighbour_features_match_a_pandas_reference():
+    # three stations with overlapping but different time ranges
+    grids = [_grid("A", "2020-01-01T00", 50, 0), _grid("B", "2020-01-01T10", 60, 1),
+             _grid("C", "2019-12-31T20", 30, 2)]
+    got, rep = neighbour_features(grids, NEIGHBOUR_FEATURES)
+    want = _reference(grids)
+    for g, feats in zip(grids, got):
+        assert set(feats) == set(NEIGHBOUR_FEATURES)
+        for name in NEIGHBOUR_FEATURES:
+            np.testing.assert_allclose(feats[name], want[g.name][name], err_msg=f"{g.name} {name}")
+    # A's first 10 steps before B starts and after C ends... fallback counted where no other value
+    a_vis = got[0]["neighbour_log_visibility_min"]
+    own = np.log(grids[0].values["visibility"] + 100.0)
+    fallback = rep["fallback_steps"]["A"]["neighbour_log_visibility_min"]
+    assert fallback > 0 and np.sum((a_vis == own) | (np.isnan(a_vis) & np.isnan(own))) >= fallback
+    # only the requested features; none requested -> nothing computed
+    only, _ = neighbour_features(grids, ["neighbour_log_visibility_min", "visibility"])
+    assert set(only[1]) == {"neighbour_log_visibility_min"}
+    assert neighbour_features(grids[:1], sf.PAPER_FEATURES_8)[0] == [{}]
+
+
+def test_neighbour_features_never_look_ahead():
+    """Changing any station at step k or later leaves every station's features before k alone."""
+    grids = [_grid("A", "2020-01-01T00", 40, 3), _grid("B", "2020-01-01T00", 40, 4)]
+    before, _ = neighbour_features(grids, NEIGHBOUR_FEATURES)
+    for k in range(0, 40, 7):
+        later = [StationGrid(g.name, g.times, {n: v.copy() for n, v in g.values.items()}, g.observed)
+                 for g in grids]
+        for g in later:
+            for v in g.values.values():
+                v[k:] = np.where(np.isnan(v[k:]), 1.0, np.nan)
+        after, _ = neighbour_features(later, NEIGHBOUR_FEATURES)
+        for b, a in zip(before, after):
+            for name in NEIGHBOUR_FEATURES:
+                np.testing.assert_array_equal(b[name][:k], a[name][:k])
+
+
+def test_neighbour_features_need_two_stations_on_one_step():
+    with pytest.raises(ValueError, match="1 station"):
+        neighbour_features([_grid("A", "2020-01-01", 10, 0)], NEIGHBOUR_FEATURES)
+    with pytest.raises(ValueError, match="one grid step"):
+        neighbour_features([_grid("A", "2020-01-01", 10, 0),
+                            _grid("B", "2020-01-01", 10, 1, step=np.timedelta64(1800, "s"))], NEIGHBOUR_FEATURES)
+    grid = _grid("A", "2020-01-01", 10, 0).values
+    grid.update(wind_speed=np.ones(10), wind_direction=np.zeros(10), pressure=np.ones(10),
+                precipitation=np.zeros(10))
+    with pytest.raises(ValueError, match="need the other stations"):
+        sf.feature_matrix(grid, sf.FOG_FEATURES_18, times=np.datetime64("2020-01-01", "s") + np.arange(10) * HOUR)
+
+
+def test_fog18_keeps_the_windows_of_paper8(tmp_path):
+    """Two stations over different periods, a missing neighbour value inside a window: the
+    windows and the first 16 features are those of fog16; the last two are the other
+    station's values where it has one, the own value where not."""
+    a, b = _frame(200, station="AAA"), _frame(150, station="BBB", start="2020-01-03 00:00")
+    b["vis_km"] = np.where(np.arange(150) % 11 < 2, 0.2, 10.0)
+    b = b.astype({"vis_km": object})
+    b.loc[[20, 21], "vis_km"] = "M"
+    path = _write(tmp_path, pd.concat([a, b]))
+    f16, f18 = _load(path, features="fog16"), _load(path, features="fog18")
+    assert f18.features == sf.FOG_FEATURES_18 and f18.report["neighbours"]["stations"] == ["AAA", "BBB"]
+    for name in sf.SPLITS:
+        w16, w18 = f16.split(name), f18.split(name)
+        np.testing.assert_array_equal(w16.times, w18.times)
+        np.testing.assert_array_equal(w16.station, w18.station)
+        np.testing.assert_allclose(w16.x, w18.x[..., :16])
+    raw = f18.scaler.inverse_transform(np.concatenate([f18.split(n).x for n in sf.SPLITS]))
+    station = np.concatenate([f18.split(n).station for n in sf.SPLITS])
+    times = np.concatenate([f18.split(n).times for n in sf.SPLITS])
+    near = raw[..., sf.FOG_FEATURES_18.index("neighbour_log_visibility_min")]   # [N, T]
+    own = raw[..., sf.FOG_FEATURES_18.index("log_visibility")]
+    # AAA's windows before BBB starts: no neighbour value, the own one
+    early = (station == "AAA") & (times < np.datetime64("2020-01-03T00:00"))
+    assert early.any()
+    np.testing.assert_allclose(near[early][:, -1], own[early][:, -1], rtol=1e-5)
+    # AAA's later windows see BBB's fog (0.2 km) in their last step when BBB has it
+    late = (station == "AAA") & (times >= np.datetime64("2020-01-04T00:00"))
+    assert np.isclose(near[late], np.log(200.0 + 100.0), rtol=1e-4).any()
+    counts = f18.report["neighbours"]["fallback_steps"]
+    assert counts["AAA"]["neighbour_log_visibility_min"] >= 48 + 2   # before BBB, and its 2 missing
