@@ -20,6 +20,11 @@ test blocks do not share an hour. Writes ``OUT/folds.json`` and ``OUT/folds_resu
 of the pooled CSI difference), pooled over all folds and over the new folds alone (the
 original split is the one the recipe was chosen on).
 
+``--recipe fog18_ens3_v8`` (declared in docs/visibility.md before it was scored) checks the
+same recipe with classifier runs trained on ``fog18`` (neighbour-station features); it
+trains the ``fog18*`` runs of every fold, the original split's included, and writes
+``OUT/folds_fog18_ens3_v8.json`` and ``OUT/folds_results_fog18_ens3_v8.md``.
+
 ``--cut-rule val-csi`` (declared in docs/visibility.md before it was scored) replaces the
 bias-1 cut: per fold and horizon, among the training-calibrated cuts of bias
 :data:`VAL_BIASES`, the one with the best CSI on the fold's validation windows (fewer than

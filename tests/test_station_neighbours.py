@@ -8,7 +8,7 @@ import pytest
 
 from nowcast_jax.data import station_features as sf
 from nowcast_jax.data.station_io import StationGrid
-from nowcast_jax.data.station_neighbours import NEIGHBOUR_FEATURES, neighbour_features
+from nowcast_jax.data.station_neighbours import NEIGHBOUR_FEATURES, neighbour_features, observed_inputs
 
 from tests.test_station import _frame, _load, _write
 
@@ -26,18 +26,23 @@ def _grid(name, start, n, seed, step=HOUR):
     return StationGrid(name, times, values, np.ones(n, bool))
 
 
-def _reference(grids) -> dict:
-    """Per station a DataFrame of both features, from a wide pandas table keyed by time."""
-    long = pd.concat([pd.DataFrame({"station": g.name, "time": g.times,
-                                    "neighbour_log_visibility_min": np.log(g.values["visibility"] + 100.0),
-                                    "neighbour_dewpoint_depression_min": g.values["temperature"] - g.values["dew_point"]})
-                      for g in grids])
+def _levels(name, times, v):
+    return pd.DataFrame({"station": name, "time": times,
+                         "neighbour_log_visibility_min": np.log(v["visibility"] + 100.0),
+                         "neighbour_dewpoint_depression_min": v["temperature"] - v["dew_point"]})
+
+
+def _reference(grids, observed) -> dict:
+    """Per station both features, from wide pandas tables keyed by time: the others' minimum
+    of their ``observed`` values, else the station's own (grid) value."""
+    seen = pd.concat([_levels(g.name, g.times, v) for g, v in zip(grids, observed)])
+    mine = pd.concat([_levels(g.name, g.times, g.values) for g in grids])
     out = {}
     for g in grids:
         cols = {}
         for name in NEIGHBOUR_FEATURES:
-            wide = long.pivot(index="time", columns="station", values=name)
-            own = wide[g.name].reindex(g.times)
+            wide = seen.pivot(index="time", columns="station", values=name)
+            own = mine.pivot(index="time", columns="station", values=name)[g.name].reindex(g.times)
             others = wide.drop(columns=g.name).min(axis=1, skipna=True).reindex(g.times)
             cols[name] = others.fillna(own).to_numpy()
         out[g.name] = cols
@@ -48,16 +53,24 @@ def test_neighbour_features_match_a_pandas_reference():
     # three stations with overlapping but different time ranges
     grids = [_grid("A", "2020-01-01T00", 50, 0), _grid("B", "2020-01-01T10", 60, 1),
              _grid("C", "2019-12-31T20", 30, 2)]
-    got, rep = neighbour_features(grids, NEIGHBOUR_FEATURES)
-    want = _reference(grids)
+    # "observed": the grids' values with more missing (as if the rest were interpolated)
+    observed = observed_inputs(grids)
+    for k, v in enumerate(observed):
+        for arr in v.values():
+            arr[np.random.default_rng(10 + k).random(len(arr)) < 0.3] = np.nan
+    got, rep = neighbour_features(grids, NEIGHBOUR_FEATURES, observed=observed)
+    want = _reference(grids, observed)
     for g, feats in zip(grids, got):
         assert set(feats) == set(NEIGHBOUR_FEATURES)
         for name in NEIGHBOUR_FEATURES:
             np.testing.assert_allclose(feats[name], want[g.name][name], err_msg=f"{g.name} {name}")
-    # A's first 10 steps before B starts and after C ends... fallback counted where no other value
+    # fallback (own value) counted where no other station observed one
     a_vis = got[0]["neighbour_log_visibility_min"]
     own = np.log(grids[0].values["visibility"] + 100.0)
     fallback = rep["fallback_steps"]["A"]["neighbour_log_visibility_min"]
+    assert np.allclose(neighbour_features(grids, NEIGHBOUR_FEATURES)[0][0]["neighbour_log_visibility_min"],
+                       _reference(grids, [g.values for g in grids])["A"]["neighbour_log_visibility_min"],
+                       equal_nan=True)   # observed=None: the grids' own values
     assert fallback > 0 and np.sum((a_vis == own) | (np.isnan(a_vis) & np.isnan(own))) >= fallback
     # only the requested features; none requested -> nothing computed
     only, _ = neighbour_features(grids, ["neighbour_log_visibility_min", "visibility"])
@@ -100,8 +113,10 @@ def test_fog18_keeps_the_windows_of_paper8(tmp_path):
     station's values where it has one, the own value where not."""
     a, b = _frame(200, station="AAA"), _frame(150, station="BBB", start="2020-01-03 00:00")
     b["vis_km"] = np.where(np.arange(150) % 11 < 2, 0.2, 10.0)
-    b = b.astype({"vis_km": object})
+    b["td_f"] = 30.0   # BBB's dew-point depression (10-ish degC + 10 F) differs from AAA's
+    b = b.astype({"vis_km": object, "td_f": object})
     b.loc[[20, 21], "vis_km"] = "M"
+    b.loc[[30, 31], "td_f"] = "M"   # interpolated for BBB's own features, never shown to AAA
     path = _write(tmp_path, pd.concat([a, b]))
     f16, f18 = _load(path, features="fog16"), _load(path, features="fog18")
     assert f18.features == sf.FOG_FEATURES_18 and f18.report["neighbours"]["stations"] == ["AAA", "BBB"]
@@ -122,5 +137,14 @@ def test_fog18_keeps_the_windows_of_paper8(tmp_path):
     # AAA's later windows see BBB's fog (0.2 km) in their last step when BBB has it
     late = (station == "AAA") & (times >= np.datetime64("2020-01-04T00:00"))
     assert np.isclose(near[late], np.log(200.0 + 100.0), rtol=1e-4).any()
+    # AAA at BBB's interpolated dew points (rows 30, 31 = 2020-01-04 06:00, 07:00): own value
+    dd_near = raw[..., sf.FOG_FEATURES_18.index("neighbour_dewpoint_depression_min")][:, -1]
+    dd_own = raw[..., sf.FOG_FEATURES_18.index("dewpoint_depression")][:, -1]
+    at_gap = (station == "AAA") & np.isin(times, np.array(["2020-01-04T06:00", "2020-01-04T07:00"], "datetime64[s]"))
+    around = (station == "AAA") & np.isin(times, np.array(["2020-01-04T05:00", "2020-01-04T08:00"], "datetime64[s]"))
+    assert at_gap.sum() == 2 and around.sum() == 2
+    np.testing.assert_allclose(dd_near[at_gap], dd_own[at_gap], rtol=1e-4)
+    assert (np.abs(dd_near[around] - dd_own[around]) > 1.0).all()   # BBB's observed value
     counts = f18.report["neighbours"]["fallback_steps"]
     assert counts["AAA"]["neighbour_log_visibility_min"] >= 48 + 2   # before BBB, and its 2 missing
+    assert counts["AAA"]["neighbour_dewpoint_depression_min"] >= 48 + 2   # before BBB, 2 interpolated

@@ -508,3 +508,46 @@ def test_day_block_bootstrap_of_the_experiment_script():
     assert max(b["p_not_better"]) < 0.05                        # far fewer errors than ref
     same = exp.day_block_bootstrap(ref, ref, obs, days, n=50)
     assert same["p_not_better"] == [1.0, 1.0] and same["diff_q95"] == [0.0, 0.0]
+
+
+def test_fog18_csv_inputs_compare_the_trained_stations(weather_csv, tmp_path):
+    """fog18's neighbour features: ``predict`` on a CSV of both trained stations cut at a test
+    window's end gives that window's inputs (the other station's observed values, as in
+    training); a CSV without one of the trained stations is refused, naming it."""
+    import pandas as pd
+
+    from nowcast_jax import predict as predict_lib
+
+    task = vis.make_task(tiny_config("data.stations=('JFK', 'LGA')", "data.features=fog18"))
+    _, _, side = task.export_spec(task.init_params(jax.random.key(0)))
+    assert side["neighbour_stations"] == ["JFK", "LGA"] and side["features"][-2:] == [
+        "neighbour_log_visibility_min", "neighbour_dewpoint_depression_min"]
+    need = predict_lib.station_steps_needed(side)
+    raw = pd.read_csv(weather_csv, dtype=str, keep_default_na=False)
+    raw = raw[raw["origin"].isin(["JFK", "LGA"])].reset_index(drop=True)
+    times = pd.to_datetime(raw["time_hour"]).dt.tz_convert("UTC").dt.tz_localize(None)
+    w = task.split("test")
+    phys = task.scaler.inverse_transform(w.x)
+    near, own = (list(task.features).index(f) for f in ("neighbour_log_visibility_min", "log_visibility"))
+    checked = differs = 0
+    for i in range(0, len(w), max(1, len(w) // 16)):
+        end = pd.Timestamp(w.times[i])
+        part = raw[((times <= end) & (times > end - pd.Timedelta(hours=need))).to_numpy()]
+        part.to_csv(tmp_path / "cut.csv", index=False)
+        try:
+            x, names, issued = predict_lib.read_station_inputs(side, tmp_path / "cut.csv")
+        except predict_lib.PredictError as err:   # an input gap at the end of either station
+            assert "too little history" in str(err), err
+            continue
+        j = names.index(str(w.station[i]))
+        assert issued[j] == w.times[i]
+        np.testing.assert_allclose(x[j], phys[i], rtol=1e-5, atol=0.01)
+        checked += 1
+        differs += int(np.abs(x[j][:, near] - x[j][:, own]).max() > 0.01)
+    assert checked >= 6 and differs >= 1, (checked, differs)
+    part[part["origin"] == "JFK"].to_csv(tmp_path / "jfk.csv", index=False)
+    with pytest.raises(predict_lib.PredictError, match="LGA"):   # the CSV contract lists both
+        predict_lib.read_station_inputs(side, tmp_path / "jfk.csv")
+    any_station = {**side, "csv": {**side["csv"], "stations": []}}   # a contract taking every station
+    with pytest.raises(predict_lib.PredictError, match=r"compare stations \['JFK', 'LGA'\].*holds \['JFK'\]"):
+        predict_lib.read_station_inputs(any_station, tmp_path / "jfk.csv")
