@@ -232,6 +232,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path,
                    help="radar: forecast .npz or .nc (a .png is written beside it); station: a .csv")
     p.add_argument("--no-png", action="store_true", help="radar: skip the PNG")
+    p.add_argument("--stations", default="",
+                   help="station CSV: comma-separated stations to forecast (default: all; the others "
+                        "still feed neighbour-station features)")
 
 
 def run_predict(args, overrides: list[str]) -> int:
@@ -249,7 +252,9 @@ def run_predict(args, overrides: list[str]) -> int:
             _, _, fn, specs, sidecar = _task_forecaster(args, overrides)
             exported, sidecar = export_lib.build(fn, specs, sidecar)
             forecast = lambda *xs: exported.call(*artifact_lib.check_inputs(sidecar, xs))  # noqa: E731
-        written = predict_lib.predict(forecast, sidecar, args.input, args.out, png=not args.no_png)
+        stations = [s.strip() for s in args.stations.split(",") if s.strip()] or None
+        written = predict_lib.predict(forecast, sidecar, args.input, args.out, png=not args.no_png,
+                                      stations=stations)
     except (predict_lib.PredictError, artifact_lib.ArtifactError) as err:
         raise CLIError(str(err)) from err
     for path in written:

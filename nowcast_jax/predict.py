@@ -38,13 +38,16 @@ class PredictError(ValueError):
 
 
 def predict(forecast: Callable[..., Any], sidecar: dict, input_path: str | Path, out_path: str | Path, *,
-            png: bool = True) -> list[Path]:
-    """Run ``forecast`` on the data at ``input_path``; write ``out_path`` (+ PNG). Returns written paths."""
+            png: bool = True, stations=None) -> list[Path]:
+    """Run ``forecast`` on the data at ``input_path``; write ``out_path`` (+ PNG). Returns written paths.
+    ``stations`` (station CSVs only): forecast just these stations of the CSV (default: all)."""
     kind = sidecar.get("kind")
     if kind == "radar":
+        if stations:
+            raise PredictError("stations= applies to station forecasters; this one is a radar forecaster")
         return predict_radar(forecast, sidecar, input_path, out_path, png=png)
     if kind == "station":
-        return predict_station(forecast, sidecar, input_path, out_path)
+        return predict_station(forecast, sidecar, input_path, out_path, stations=stations)
     raise PredictError(f"the forecaster's sidecar has kind={kind!r}; predict knows 'radar' and 'station' "
                        "(the task's export_spec must set sidecar['kind'])")
 
@@ -324,7 +327,9 @@ def _neighbour_inputs(sidecar: dict, grids: list, observed: list, csv_path) -> l
     """Per grid, the neighbour-station features the forecaster takes (``[{}, ...]`` if none).
 
     They compare each station with the others of the file, so the CSV must hold the stations
-    the forecaster was trained with (``sidecar["neighbour_stations"]``), no fewer and no more."""
+    the forecaster was trained with (``sidecar["neighbour_stations"]``), no fewer and no more:
+    a missing station would read as "no neighbour observed", a regime training hardly saw
+    (to forecast only some stations, pass ``stations=`` and keep the others' rows)."""
     from nowcast_jax.data import station_features, station_neighbours
 
     features = list(sidecar["features"])
@@ -337,14 +342,17 @@ def _neighbour_inputs(sidecar: dict, grids: list, observed: list, csv_path) -> l
                            "'neighbour_stations' (re-export it)")
     if found != trained:
         raise PredictError(f"{csv_path}: the forecaster's neighbour-station features compare stations "
-                           f"{trained}; the CSV holds {found} (it needs the same stations)")
+                           f"{trained}; the CSV holds {found} (it needs the same stations; to forecast "
+                           f"only some, keep every station's rows and pass stations= / --stations)")
     near, _ = station_neighbours.neighbour_features(grids, features, observed=observed,
                                                     log_offset_m=station_features.LOG_VISIBILITY_OFFSET_M)
     return near
 
 
-def read_station_inputs(sidecar: dict, csv_path) -> tuple[np.ndarray, list[str], list[np.datetime64]]:
-    """``(x [S, T, F] raw features, station names, issue times)`` from the last T grid steps.
+def read_station_inputs(sidecar: dict, csv_path, stations=None) -> tuple[np.ndarray, list[str], list[np.datetime64]]:
+    """``(x [S, T, F] raw features, station names, issue times)`` from the last T grid steps
+    of each station of the CSV, or of ``stations`` only (the others still give their
+    neighbour-station features).
 
     The last T steps of every station must be as complete as a training window: each step
     observed (no step without any observation), every feature finite after interpolation
@@ -362,8 +370,15 @@ def read_station_inputs(sidecar: dict, csv_path) -> tuple[np.ndarray, list[str],
     need = station_steps_needed(sidecar)
     grids, observed = station_grids(sidecar, csv_path, with_observed=True)
     near = _neighbour_inputs(sidecar, grids, observed, csv_path)
+    wanted = [str(s) for s in stations] if stations else [g.name for g in grids]
+    unknown = sorted(set(wanted) - {g.name for g in grids})
+    if unknown:
+        raise PredictError(f"{csv_path}: no rows for station(s) {unknown}; "
+                           f"it holds {sorted(g.name for g in grids)}")
     xs, names, issued, short = [], [], [], []
     for grid, g_near in zip(grids, near):
+        if grid.name not in wanted:
+            continue
         if need > history and len(grid.times) < need:  # change features: their look-back too
             short.append(f"{grid.name} ({len(grid.times)} steps, {need} needed with the look-back of the changes)")
             continue
@@ -382,15 +397,17 @@ def read_station_inputs(sidecar: dict, csv_path) -> tuple[np.ndarray, list[str],
         raise PredictError(f"too little history: the forecaster needs the last {history} steps of {step} "
                            f"complete for {features}" + (f" and {need} steps in all" if need > history else "")
                            + " (gaps are interpolated only between observations, so the latest steps must be "
-                           f"observed); not so for station(s) {', '.join(short)}")
+                           f"observed); not so for station(s) {', '.join(short)} (stations= / --stations "
+                           "forecasts the others)")
     return np.stack(xs).astype(np.float32), names, issued
 
 
-def predict_station(forecast, sidecar: dict, csv_path, out_path) -> list[Path]:
-    """Station CSV -> CSV of forecasts: one row per station and horizon (visibility in metres)."""
+def predict_station(forecast, sidecar: dict, csv_path, out_path, *, stations=None) -> list[Path]:
+    """Station CSV -> CSV of forecasts: one row per station (of ``stations``, default all) and
+    horizon (visibility in metres)."""
     import pandas as pd
 
-    x, names, issued = read_station_inputs(sidecar, csv_path)
+    x, names, issued = read_station_inputs(sidecar, csv_path, stations)
     y = np.asarray(forecast(x))  # [S, n_h] in the output units of the sidecar
     horizons = list(sidecar.get("horizons_hours", range(1, y.shape[1] + 1)))
     if len(horizons) != y.shape[1]:

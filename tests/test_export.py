@@ -308,6 +308,15 @@ def test_predict_station_csv_from_artifact(station_artifact, tmp_path, capsys):
     np.testing.assert_allclose(x[0, -1], [(39 - 32) * 5 / 9, (20 - 32) * 5 / 9, 1019, x[0, -1, 3],
                                           (10 - 4.5) * 1609.344], rtol=1e-5)  # canonical units
     np.testing.assert_allclose(table["visibility_m"].to_numpy().reshape(2, 3), np.asarray(fn(x)), rtol=1e-5)
+    code, err = _cli("predict", "--artifact", path, "--input", tmp_path / "obs.csv", "--out", tmp_path / "j.csv",
+                     "--stations", "JFK", capsys=capsys)   # one station of the CSV
+    assert code == 0, err
+    jfk = pd.read_csv(tmp_path / "j.csv")
+    assert jfk["station"].tolist() == ["JFK"] * 3
+    np.testing.assert_allclose(jfk["visibility_m"], table["visibility_m"][3:], rtol=1e-6)
+    code, err = _cli("predict", "--artifact", path, "--input", tmp_path / "obs.csv", "--out", tmp_path / "j.csv",
+                     "--stations", "LGA", capsys=capsys)
+    assert code == 2 and "no rows for station(s) ['LGA']" in err, err
 
 
 def test_predict_station_refuses_short_history_and_bad_csv(station_artifact, tmp_path, capsys):

@@ -67,7 +67,7 @@ def neighbour_features(grids, names, *, observed=None, log_offset_m: float = 100
       ``(features, report)``: ``features[i]`` maps each requested name to a ``[S_i]`` float64
       array for ``grids[i]`` (NaN only where the station's own value is missing too);
       ``report["fallback_steps"]`` counts, per station and feature, the steps where no other
-      station had a value and the own value was used.
+      station observed a value and the station's own (finite) value stood in.
 
     Raises:
       ValueError: a neighbour feature is requested and there is only one station, or the
@@ -77,8 +77,9 @@ def neighbour_features(grids, names, *, observed=None, log_offset_m: float = 100
     if not wanted:
         return [{} for _ in grids], {"fallback_steps": {}}
     if len(grids) < 2:
-        raise ValueError(f"features {wanted} compare stations, but the data holds "
-                         f"{len(grids)} station (set data.station_column and use a file with >= 2 stations)")
+        raise ValueError(f"features {wanted} compare stations, but the data holds {len(grids)} station "
+                         f"(they need a file of >= 2 stations, data.station_column naming them, and "
+                         f"data.stations empty or listing >= 2)")
     steps = {g.name: np.unique(np.diff(np.asarray(g.times, "datetime64[s]"))) for g in grids}
     distinct = {tuple(s.tolist()) for s in steps.values() if len(s)}
     if len(distinct) > 1:
@@ -99,7 +100,7 @@ def neighbour_features(grids, names, *, observed=None, log_offset_m: float = 100
             none = ~np.isfinite(others).any(axis=0)
             lowest = np.min(np.where(np.isfinite(others), others, np.inf), axis=0)
             out[name] = np.where(none, own[i][name], lowest)
-            counts[name] = int(none.sum())
+            counts[name] = int((none & np.isfinite(own[i][name])).sum())   # own value stood in
         features.append(out)
         fallback[g.name] = counts
     return features, {"fallback_steps": fallback}
