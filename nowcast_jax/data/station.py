@@ -30,7 +30,8 @@ Steps (each counted in ``dataset.report``):
    Windows with a gap or any NaN left are dropped, counted by reason; so are windows whose
    last input step was interpolated (its fill used an observation after the forecast time).
 6. Split: ``"chronological"`` (default): blocks train/val/test by window end time, with
-   boundaries at ``fractions`` of the time range or at ``split_dates``; windows ending
+   boundaries at ``fractions`` of the time range or at ``split_dates`` (``split_order``
+   reorders the blocks, e.g. test first, for blocked cross-validation); windows ending
    within ``gap`` of a boundary are purged, where ``gap >= history + max horizon`` steps, so
    no time step is used by two splits as window rows (the look-back of change features may
    reach up to 3 h further, into the previous block's last target hours: observations made
@@ -134,11 +135,20 @@ def _missing_share(grids, low: float) -> dict:
     return out
 
 
+def _check_order(split_order) -> tuple[str, ...]:
+    order = tuple(str(s) for s in split_order)
+    if sorted(order) != sorted(sf.SPLITS):
+        raise ValueError(f"split_order must name {list(sf.SPLITS)} once each, in time order; got {list(order)}")
+    return order
+
+
 def _boundaries(grids, step: str, fractions, split_dates) -> tuple:
-    """``(b1, b2)`` datetime64[s]: start of val and of test."""
+    """``(b1, b2)`` datetime64[s]: start of the second and of the third time block, from
+    the blocks' ``fractions`` (in time order) or ``split_dates``."""
     if split_dates:
         if len(split_dates) != 2:
-            raise ValueError(f"split_dates must be (val_start, test_start), got {split_dates}")
+            raise ValueError(f"split_dates must be the starts of the 2nd and 3rd blocks "
+                             f"(val_start, test_start by default), got {split_dates}")
         b = [pd.Timestamp(d) for d in split_dates]
         b = [(t.tz_convert("UTC") if t.tzinfo else t).tz_localize(None) for t in b]
         b1, b2 = (np.datetime64(t.to_datetime64(), "s") for t in b)
@@ -151,7 +161,7 @@ def _boundaries(grids, step: str, fractions, split_dates) -> tuple:
                for f in (fractions[0], fractions[0] + fractions[1])]
         b1, b2 = t0 + cut[0], t0 + cut[1]
     if b2 < b1:
-        raise ValueError(f"test must start after validation: {b1} > {b2}")
+        raise ValueError(f"the third block must start after the second: {b1} > {b2}")
     return b1, b2
 
 
@@ -178,6 +188,7 @@ def load_station_dataset(
     interpolate=DEFAULT_INTERPOLATE, max_interp_steps=3, calm_wind_ms=0.0,
     variable_wind="missing", split="chronological", fractions=(0.7, 0.15, 0.15),
     split_dates=(), gap_steps=0, seed=0, low_visibility_m=1000.0,
+    split_order=("train", "val", "test"),
 ) -> StationDataset:
     """Load a station CSV into scaled windows per split (see the module docstring).
 
@@ -191,6 +202,10 @@ def load_station_dataset(
       gap_steps: purge gap of the chronological split, raised to at least
         ``T + max horizon`` steps.
       low_visibility_m: threshold for the low-visibility counts of the report.
+      split_order: chronological split only: which split each time block is, in time order
+        (default train, val, test). ``("test", "val", "train")`` tests on the first block
+        and trains on the last (blocked cross-validation); ``fractions`` stay per split
+        name, ``split_dates`` are then the starts of the 2nd and 3rd blocks.
 
     Returns:
       :class:`StationDataset` with ``train``/``val``/``test`` :class:`StationWindows`
@@ -258,9 +273,18 @@ def load_station_dataset(
     step_td = np.timedelta64(int(pd.Timedelta(step).total_seconds()), "s")
     split_rep = {"kind": split, "gap_steps": gap}
     if split == "chronological":
-        b1, b2 = _boundaries(grids, step, f, tuple(split_dates or ()))
-        labels, purged = sf.chronological_split(ends_time, (b1, b2), gap * step_td)
-        split_rep.update(val_start=str(b1), test_start=str(b2), purged=purged)
+        order = _check_order(split_order)
+        block_f = tuple(f[sf.SPLITS.index(name)] for name in order)
+        b1, b2 = _boundaries(grids, step, block_f, tuple(split_dates or ()))
+        blocks, purged = sf.chronological_split(ends_time, (b1, b2), gap * step_td)
+        to_split = np.array([sf.SPLITS.index(name) for name in order] + [-1], np.int8)
+        labels = to_split[blocks]   # block -1 (purged) -> -1
+        starts = dict(zip(order, (str(min(g.times[0] for g in grids)), str(b1), str(b2))))
+        ends = dict(zip(order, (str(b1), str(b2), "end of data")))
+        split_rep.update(val_start=starts["val"], test_start=starts["test"], test_end=ends["test"],
+                         purged=purged)
+        if order != sf.SPLITS:
+            split_rep["order"] = list(order)
     else:
         labels = sf.random_split(len(ends_time), f, int(seed))
         split_rep.update(fractions=list(f), seed=int(seed))
