@@ -223,6 +223,31 @@ def test_chronological_split_has_no_overlap_and_respects_gap(tmp_path):
     assert overlap_share(te.times, te.station, tr.times, tr.station, span) == 0.0
 
 
+def test_split_order_puts_the_test_block_first(tmp_path):
+    """Blocked cross-validation: test, val, train in time order; fractions stay per split;
+    the same purge gap keeps every hour in one split; the report names the test block."""
+    path = _write(tmp_path, _frame(600))
+    fwd = _load(path, fractions=(0.6, 0.1, 0.3))
+    ds = _load(path, fractions=(0.6, 0.1, 0.3), split_order=("test", "val", "train"))
+    tr, va, te = ds.train, ds.val, ds.test
+    assert te.times.max() < va.times.min() and va.times.max() < tr.times.min()
+    assert not (_hours_used(te) & _hours_used(va)) and not (_hours_used(va) & _hours_used(tr))
+    assert not (_hours_used(te) & _hours_used(tr))
+    edge = 12 + ds.report["split"]["gap_steps"]   # a block's windows lost to history, horizon, purge
+    for a, b in ((ds.train, fwd.train), (ds.val, fwd.val), (ds.test, fwd.test)):
+        assert abs(len(a) - len(b)) <= edge   # the same block sizes, only placed differently
+    rep = ds.report["split"]
+    assert rep["order"] == ["test", "val", "train"] and rep["test_end"] == rep["val_start"]
+    assert np.datetime64(rep["test_start"]) <= te.times.min() < tr.times.min()
+    # the scaler is fitted on the training block only: the first block's values do not move it
+    train_rows = ds.scaler.inverse_transform(tr.x).reshape(-1, tr.x.shape[-1])
+    np.testing.assert_allclose(ds.scaler.min, train_rows.min(0), atol=1e-3)
+    temperature = ds.features.index("temperature")   # rises through the file: lowest in the test block
+    assert ds.scaler.inverse_transform(te.x)[..., temperature].min() < ds.scaler.min[temperature] - 1.0
+    with pytest.raises(ValueError, match="split_order"):
+        _load(path, split_order=("test", "train"))
+
+
 def test_random_split_leaks(tmp_path):
     ds = _load(_write(tmp_path, _frame(600)), split="random", fractions=(0.8, 0.0, 0.2), seed=1)
     assert len(ds.val) == 0 and len(ds.test) == pytest.approx(0.2 * (len(ds.train) + len(ds.test)), abs=1)
