@@ -25,6 +25,12 @@ same recipe with classifier runs trained on ``fog18`` (neighbour-station feature
 trains the ``fog18*`` runs of every fold, the original split's included, and writes
 ``OUT/folds_fog18_ens3_v8.json`` and ``OUT/folds_results_fog18_ens3_v8.md``.
 
+``--folds F0,F1,F2,F3,F4`` adds fold F0 (declared in docs/visibility.md before it was
+trained): blocked cross-validation with the blocks in time order test, val, train
+(``data.split_order``), so the test block is January to mid-April, the one part of 2013 no
+forecaster had been scored on. Outputs get the suffix ``_F0`` and are pooled over all five
+folds, F0 alone and F1-F4.
+
 ``--cut-rule val-csi`` (declared in docs/visibility.md before it was scored) replaces the
 bias-1 cut: per fold and horizon, among the training-calibrated cuts of bias
 :data:`VAL_BIASES`, the one with the best CSI on the fold's validation windows (fewer than
