@@ -244,8 +244,16 @@ def test_split_order_puts_the_test_block_first(tmp_path):
     np.testing.assert_allclose(ds.scaler.min, train_rows.min(0), atol=1e-3)
     temperature = ds.features.index("temperature")   # rises through the file: lowest in the test block
     assert ds.scaler.inverse_transform(te.x)[..., temperature].min() < ds.scaler.min[temperature] - 1.0
+    assert "order" not in fwd.report["split"]
+    # split_dates are the starts of the 2nd and 3rd blocks, whatever they hold
+    dated = _load(path, split_order=("test", "val", "train"), split_dates=("2020-01-10 00:00", "2020-01-13 00:00"))
+    assert dated.report["split"]["test_start"] == "2020-01-01T00:00:00"
+    assert dated.test.times.max() < np.datetime64("2020-01-10T00:00") <= dated.val.times.min()
+    assert dated.val.times.max() < np.datetime64("2020-01-13T00:00") <= dated.train.times.min()
     with pytest.raises(ValueError, match="split_order"):
         _load(path, split_order=("test", "train"))
+    with pytest.raises(ValueError, match="random split"):
+        _load(path, split="random", split_order=("test", "val", "train"))
 
 
 def test_random_split_leaks(tmp_path):

@@ -31,7 +31,9 @@ Steps (each counted in ``dataset.report``):
    last input step was interpolated (its fill used an observation after the forecast time).
 6. Split: ``"chronological"`` (default): blocks train/val/test by window end time, with
    boundaries at ``fractions`` of the time range or at ``split_dates`` (``split_order``
-   reorders the blocks, e.g. test first, for blocked cross-validation); windows ending
+   reorders the blocks, e.g. test first, for blocked cross-validation: then the look-back
+   of change features in the first hours after the test block reads up to 3 h of its
+   observations); windows ending
    within ``gap`` of a boundary are purged, where ``gap >= history + max horizon`` steps, so
    no time step is used by two splits as window rows (the look-back of change features may
    reach up to 3 h further, into the previous block's last target hours: observations made
@@ -217,6 +219,9 @@ def load_station_dataset(
     f = _check_fractions(fractions)
     if split not in ("chronological", "random"):
         raise ValueError(f"split must be 'chronological' or 'random', got {split!r}")
+    order = _check_order(split_order)
+    if split == "random" and order != sf.SPLITS:
+        raise ValueError(f"split_order={list(order)} orders chronological blocks; the random split has none")
     history = steps_of(history_hours, step, "history_hours")
     hsteps = np.array([steps_of(h, step, "horizon") for h in horizons_hours], dtype=np.int64)
 
@@ -273,7 +278,6 @@ def load_station_dataset(
     step_td = np.timedelta64(int(pd.Timedelta(step).total_seconds()), "s")
     split_rep = {"kind": split, "gap_steps": gap}
     if split == "chronological":
-        order = _check_order(split_order)
         block_f = tuple(f[sf.SPLITS.index(name)] for name in order)
         b1, b2 = _boundaries(grids, step, block_f, tuple(split_dates or ()))
         blocks, purged = sf.chronological_split(ends_time, (b1, b2), gap * step_td)
