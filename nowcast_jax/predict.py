@@ -330,7 +330,7 @@ def _neighbour_inputs(sidecar: dict, grids: list, observed: list, csv_path) -> l
     the forecaster was trained with (``sidecar["neighbour_stations"]``), no fewer and no more:
     a missing station would read as "no neighbour observed", a regime training hardly saw
     (to forecast only some stations, pass ``stations=`` and keep the others' rows)."""
-    from nowcast_jax.data import station_features, station_neighbours
+    from nowcast_jax.data import station_neighbours
 
     features = list(sidecar["features"])
     if not any(f in station_neighbours.NEIGHBOUR_FEATURES for f in features):
@@ -344,8 +344,7 @@ def _neighbour_inputs(sidecar: dict, grids: list, observed: list, csv_path) -> l
         raise PredictError(f"{csv_path}: the forecaster's neighbour-station features compare stations "
                            f"{trained}; the CSV holds {found} (it needs the same stations; to forecast "
                            f"only some, keep every station's rows and pass stations= / --stations)")
-    near, _ = station_neighbours.neighbour_features(grids, features, observed=observed,
-                                                    log_offset_m=station_features.LOG_VISIBILITY_OFFSET_M)
+    near, _ = station_neighbours.neighbour_features(grids, features, observed=observed)
     return near
 
 

@@ -260,7 +260,7 @@ def load_station_dataset(
     # features and valid windows per station
     per, wind = [], {"calm": 0, "variable": 0}
     dropped = {"gap": 0, "missing_input": 0, "missing_target": 0, "future_fill": 0}
-    near, near_rep = neighbour_features(grids, feats, observed=seen, log_offset_m=sf.LOG_VISIBILITY_OFFSET_M)
+    near, near_rep = neighbour_features(grids, feats, observed=seen)
     for g, g_near in zip(grids, near):
         values, counts = sf.feature_matrix(g.values, feats, calm_ms=calm_wind_ms, variable_wind=variable_wind,
                                            times=g.times, neighbours=g_near)

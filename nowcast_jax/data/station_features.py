@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nowcast_jax.data.station_neighbours import NEIGHBOUR_FEATURES
-
 # Feature names, and the sets offered by name (FEATURE_SETS).
 BASE_FEATURES = (
     "wind_speed", "wind_dir_sin", "wind_dir_cos", "pressure",
@@ -32,8 +30,9 @@ DERIVED_FEATURES = (
     "dewpoint_depression", "dewpoint_depression_tend3h", "relative_humidity",
     "hour_sin", "hour_cos", "log_visibility", "log_visibility_tend1h", "log_visibility_tend3h",
 )
-#: :data:`~nowcast_jax.data.station_neighbours.NEIGHBOUR_FEATURES` (the lowest log visibility
-#: and dew-point depression among the file's other stations) come from all stations at once.
+#: Features computed across stations (:mod:`nowcast_jax.data.station_neighbours`): the
+#: lowest log visibility and dew-point depression among the file's other stations.
+NEIGHBOUR_FEATURES = ("neighbour_log_visibility_min", "neighbour_dewpoint_depression_min")
 FEATURE_NAMES = BASE_FEATURES + DERIVED_FEATURES + NEIGHBOUR_FEATURES
 #: The paper's 8 factors (Li et al. 2019), in the paper's order.
 PAPER_FEATURES_8 = BASE_FEATURES

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Features computed across stations (see the module docstring).
-NEIGHBOUR_FEATURES = ("neighbour_log_visibility_min", "neighbour_dewpoint_depression_min")
+from nowcast_jax.data.station_features import NEIGHBOUR_FEATURES, derived_features
+
+#: neighbour feature -> the station's own derived feature it takes the minimum of.
+LEVEL_OF = dict(zip(NEIGHBOUR_FEATURES, ("log_visibility", "dewpoint_depression")))
 #: The canonical variables they are computed from.
 NEIGHBOUR_INPUTS = ("visibility", "temperature", "dew_point")
 
@@ -31,13 +33,10 @@ def observed_inputs(grids) -> list[dict]:
     return [{k: np.array(g.values[k], np.float64) for k in NEIGHBOUR_INPUTS} for g in grids]
 
 
-def _own_levels(values: dict, log_offset_m: float) -> dict[str, np.ndarray]:
-    """The per-station quantity each neighbour feature takes the minimum of: name -> ``[S]``."""
-    vis = np.asarray(values["visibility"], np.float64)
-    t = np.asarray(values["temperature"], np.float64)
-    td = np.asarray(values["dew_point"], np.float64)
-    return {"neighbour_log_visibility_min": np.log(vis + log_offset_m),
-            "neighbour_dewpoint_depression_min": t - td}
+def _levels(values: dict) -> dict[str, np.ndarray]:
+    """Neighbour feature name -> the ``[S]`` quantity of one station it takes the minimum of."""
+    derived = derived_features(values, tuple(LEVEL_OF.values()))
+    return {name: derived[base] for name, base in LEVEL_OF.items()}
 
 
 def _aligned(times: np.ndarray, other_times: np.ndarray, other_values: np.ndarray) -> np.ndarray:
@@ -51,7 +50,7 @@ def _aligned(times: np.ndarray, other_times: np.ndarray, other_values: np.ndarra
     return out
 
 
-def neighbour_features(grids, names, *, observed=None, log_offset_m: float = 100.0) -> tuple[list[dict], dict]:
+def neighbour_features(grids, names, *, observed=None) -> tuple[list[dict], dict]:
     """The requested :data:`NEIGHBOUR_FEATURES` of every station of ``grids``.
 
     Args:
@@ -61,7 +60,6 @@ def neighbour_features(grids, names, *, observed=None, log_offset_m: float = 100
       observed: per grid, its :data:`NEIGHBOUR_INPUTS` before interpolation
         (:func:`observed_inputs`): what the other stations contribute. None = ``grids``'
         values (right only when nothing was interpolated).
-      log_offset_m: offset of the log visibility (the one ``log_visibility`` uses).
 
     Returns:
       ``(features, report)``: ``features[i]`` maps each requested name to a ``[S_i]`` float64
@@ -85,12 +83,12 @@ def neighbour_features(grids, names, *, observed=None, log_offset_m: float = 100
     if len(distinct) > 1:
         raise ValueError(f"neighbour features need the stations on one grid step, got {steps}")
     times = [np.asarray(g.times, "datetime64[s]") for g in grids]
-    own = [_own_levels(g.values, log_offset_m) for g in grids]
+    own = [_levels(g.values) for g in grids]
     if observed is None:
         observed = [g.values for g in grids]
     if len(observed) != len(grids):
         raise ValueError(f"observed holds {len(observed)} stations, grids {len(grids)}")
-    seen = [_own_levels(v, log_offset_m) for v in observed]
+    seen = [_levels(v) for v in observed]
     features, fallback = [], {}
     for i, g in enumerate(grids):
         out, counts = {}, {}
