@@ -57,6 +57,10 @@ class Cell(NamedTuple):
     # prepare(params, spatial_shape) -> params with per-sequence precomputation (e.g. the
     # kernel's spectrum) that a scan does once, outside its body; apply accepts both.
     prepare: Callable[[Params, Sequence[int]], Params] = lambda params, spatial_shape=(): params
+    # apply_with_sink(prepared, carry, x, sink) -> (carry, h, xb): apply for prepared params that
+    # hold a spectrum, with ``sink`` added to the spectral product's output and the product's
+    # input ``xb`` returned (rollout.stack_scan's deferred-gradient scan; None for other cells).
+    apply_with_sink: Callable[..., tuple[LSTMState, jax.Array, jax.Array]] | None = None
 
 
 def _uniform(key, shape, scale, dtype):
@@ -165,17 +169,20 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
 
     def prepare(params: Params, spatial_shape: Sequence[int]) -> Params:
         """Add ``"spectrum"`` (the fused kernel's DFT on this grid) when the spectral
-        convolution applies (see :func:`nowcast_jax.spectral.use_spectral`); else unchanged."""
+        convolution applies (see :func:`nowcast_jax.spectral.use_spectral`); else unchanged.
+        With ``conv_impl="auto"`` the spectrum is used only where the computation is lowered
+        for CPU (elsewhere ``apply`` runs the vendor convolution of the same kernel)."""
         if "spectrum" in params:
             return params
         kernel = fused_kernel(params)
         dtype = compute_dtype or kernel.dtype
         if not spectral.use_spectral(conv_impl, kernel.shape[0], tuple(spatial_shape), dtype):
             return params
-        return {**params, "spectrum": spectral.kernel_spectrum(kernel.astype(jnp.float32), *spatial_shape)}
+        spectrum = spectral.kernel_spectrum(kernel, *spatial_shape, cpu_only=conv_impl == "auto")
+        return {**params, "spectrum": spectrum}
 
-    def apply(params: Params, carry: LSTMState, x: jax.Array) -> tuple[LSTMState, jax.Array]:
-        """One step: ``x [B, H, W, Cin]`` -> ``(LSTMState, h [B, H, W, F])``."""
+    def stacked_input(params: Params, carry: LSTMState, x: jax.Array) -> jax.Array:
+        """Checks the shapes; returns ``concat([x, h]) [B, H, W, Cin + F]`` in the compute dtype."""
         cin = input_width(params, 2)
         if x.ndim != 4:
             raise ValueError(f"conv_lstm.apply: x must be [B, H, W, C] (rank 4); got shape {tuple(x.shape)}")
@@ -183,15 +190,31 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
             raise ValueError(f"conv_lstm.apply: x has {x.shape[-1]} channels but the cell was initialised for {cin}")
         _check_carry(carry, (*x.shape[:3], F), "conv_lstm.apply")
         dtype = compute_dtype or x.dtype
-        xh = jnp.concatenate([x.astype(dtype), carry.h.astype(dtype)], axis=-1)
-        if "spectrum" in params:
-            z = spectral.spectral_conv2d(xh, params["spectrum"])
+        return jnp.concatenate([x.astype(dtype), carry.h.astype(dtype)], axis=-1)
+
+    def apply(params: Params, carry: LSTMState, x: jax.Array) -> tuple[LSTMState, jax.Array]:
+        """One step: ``x [B, H, W, Cin]`` -> ``(LSTMState, h [B, H, W, F])``."""
+        xh = stacked_input(params, carry, x)
+        spectrum = params.get("spectrum")
+        if spectrum is None:
+            z = conv2d_same(xh, fused_kernel(params).astype(xh.dtype), impl=conv_impl)
+        elif spectrum.cpu_only:
+            z = jax.lax.platform_dependent(
+                params, xh, cpu=lambda p, xh: spectral.spectral_conv2d(xh, p["spectrum"]).astype(xh.dtype),
+                default=lambda p, xh: conv2d_same(xh, fused_kernel(p).astype(xh.dtype), impl="xla"))
         else:
-            z = conv2d_same(xh, fused_kernel(params).astype(dtype), impl=conv_impl)
+            z = spectral.spectral_conv2d(xh, spectrum)
         state = _lstm_update(z.astype(carry.c.dtype) + params["b"], carry.c, params)
         return state, state.h
 
-    return Cell(init, apply, initial_carry, F, True, prepare)
+    def apply_with_sink(params: Params, carry: LSTMState, x: jax.Array, sink: jax.Array):
+        """``apply`` through the spectrum (which ``params`` must hold) with ``sink [Fq, 2B, 4F]``
+        added to the product's output; returns ``(LSTMState, h, xb [Fq, 2B, 2(Cin + F)])``."""
+        z, xb = spectral.conv_parts(stacked_input(params, carry, x), params["spectrum"], sink)
+        state = _lstm_update(z.astype(carry.c.dtype) + params["b"], carry.c, params)
+        return state, state.h, xb
+
+    return Cell(init, apply, initial_carry, F, True, prepare, apply_with_sink)
 
 
 # --------------------------------------------------------------------------- LSTM

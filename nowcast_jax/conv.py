@@ -1,31 +1,39 @@
-"""One 2-D convolution ('same' padding, stride 1, NHWC/HWIO), implemented per backend.
+"""One 2-D convolution ('same' padding, stride 1, NHWC/HWIO), implemented per platform.
 
-Implementations (``impl``), all equal to ``lax.conv`` up to float rounding:
+Implementations (``impl``), all equal to ``lax.conv`` up to float rounding and all
+supporting every JAX transformation (``grad`` to any order, ``jvp``/``jacfwd``/``hessian``,
+``vmap``, ``jit``, ``jax.checkpoint``, export):
 
-* ``"direct"``: XLA's forward convolution with a hand-written VJP whose two gradients are
-  forward-form (NHWC/HWIO) convolutions too: the input gradient is ``dy`` convolved with
-  the flipped, in/out-transposed kernel, the weight gradient is ``x`` (Cin as batch)
-  convolved with ``dy`` (:func:`_weight_grad`). Autodiff's own weight-gradient convolution
-  contracts over batch and space, which XLA:CPU runs ~20x slower inside a ``lax.scan``.
+* ``"direct"``: a bilinear primitive (:data:`_direct_conv_p`) that lowers to XLA's
+  convolution and whose two transposes are forward-form (NHWC/HWIO) convolutions of the
+  same primitive: the input gradient convolves ``dy`` with the flipped, in/out-transposed
+  kernel; the weight gradient convolves ``x`` (Cin as batch) with ``dy`` over the whole frame.
+  Autodiff's own weight-gradient convolution contracts over batch and space, which XLA:CPU
+  runs ~20x slower inside a ``lax.scan``. Being bilinear, its JVP is two more convolutions,
+  so forward mode works too.
 * ``"spectral"``: :mod:`nowcast_jax.spectral` (DFT-domain products; a recurrent cell
   precomputes the kernel's spectrum once per sequence in ``Cell.prepare``).
-* ``"im2col"``: im2col + matmul forward and backward. ``"xla"``: plain
-  ``lax.conv_general_dilated`` with autodiff's VJP.
-* ``"auto"`` (default): on CPU, cells use ``"spectral"`` where it applies (float32, k >= 3,
-  grids up to 24x24: :func:`nowcast_jax.spectral.use_spectral`) and ``"direct"`` otherwise;
-  on GPU and TPU the vendor convolution (cuDNN, the TPU conv unit).
+* ``"im2col"``: im2col + matmul, plain autodiff. ``"xla"``: ``lax.conv_general_dilated``.
+* ``"auto"`` (default): chosen per *lowering platform* with ``lax.platform_dependent``:
+  ``"direct"`` when the computation is lowered for CPU, the vendor convolution (cuDNN, the
+  TPU conv unit) elsewhere. A multi-platform export therefore keeps the vendor convolution
+  in its CUDA/TPU lowering. (Recurrent cells additionally use ``"spectral"`` on CPU where it
+  applies; see :func:`nowcast_jax.spectral.use_spectral`.)
 """
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 from nowcast_jax import spectral
 
 IMPLS = ("auto", "direct", "im2col", "xla", "spectral")
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
 def same_padding(k: int) -> tuple[int, int]:
@@ -40,9 +48,8 @@ def conv2d_same(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
     Args:
       x: input ``[B, H, W, Cin]``.
       w: kernel ``[kh, kw, Cin, Cout]``.
-      impl: ``"auto"`` (on CPU: XLA's conv forward + hand-written conv/matmul VJP; XLA's conv
-        elsewhere), ``"im2col"`` (im2col + matmul forward and backward), ``"xla"``, or
-        ``"spectral"`` (:mod:`nowcast_jax.spectral`; square kernels, float32).
+      impl: ``"auto"`` (``"direct"`` when lowered for CPU, ``"xla"`` elsewhere), ``"direct"``,
+        ``"im2col"``, ``"xla"`` or ``"spectral"`` (square kernels; computed in float32).
 
     Returns:
       ``[B, H, W, Cout]`` in the promoted dtype of ``x`` and ``w``.
@@ -56,100 +63,90 @@ def conv2d_same(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
     if impl != "im2col" and x.dtype != w.dtype:  # lax.conv wants one dtype; im2col's matmul promotes
         dtype = jnp.result_type(x, w)
         x, w = x.astype(dtype), w.astype(dtype)
+    padding = (same_padding(w.shape[0]), same_padding(w.shape[1]))
     if impl == "auto":
-        return _conv_cpu(x, w) if jax.default_backend() == "cpu" else _conv_xla(x, w)
+        return lax.platform_dependent(x, w, cpu=lambda x, w: _direct(x, w, padding),
+                                      default=lambda x, w: _conv_xla(x, w, padding))
     if impl == "direct":
-        return _conv_cpu(x, w)
+        return _direct(x, w, padding)
     if impl == "xla":
-        return _conv_xla(x, w)
+        return _conv_xla(x, w, padding)
     if impl == "spectral":  # the spectrum is recomputed per call; cells precompute it per sequence
         return spectral.spectral_conv2d(x, spectral.kernel_spectrum(w, *x.shape[1:3])).astype(x.dtype)
     return _conv_im2col(x, w)
 
 
-def _conv_xla(x, w, padding=None):
-    kh, kw = w.shape[:2]
-    return lax.conv_general_dilated(
-        x, w, window_strides=(1, 1), padding=padding or (same_padding(kh), same_padding(kw)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def _conv_xla(x: jax.Array, w: jax.Array, padding: Padding) -> jax.Array:
+    return lax.conv_general_dilated(x, w, window_strides=(1, 1), padding=padding,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _patches(x: jax.Array, kh: int, kw: int, pad_h: tuple[int, int], pad_w: tuple[int, int]) -> jax.Array:
+def _patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
     """im2col: ``[B, H, W, C]`` -> ``[B, H, W, kh*kw*C]`` (kernel row, kernel col, channel order)."""
     _, height, width, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    xp = jnp.pad(x, ((0, 0), same_padding(kh), same_padding(kw), (0, 0)))
     cols = [xp[:, i:i + height, j:j + width, :] for i in range(kh) for j in range(kw)]
     return jnp.concatenate(cols, axis=-1)
 
 
-@jax.custom_vjp
-def _conv_im2col(x, w):
+def _conv_im2col(x: jax.Array, w: jax.Array) -> jax.Array:
     kh, kw, cin, cout = w.shape
-    cols = _patches(x, kh, kw, same_padding(kh), same_padding(kw))
-    return cols @ w.reshape(kh * kw * cin, cout)
+    return _patches(x, kh, kw) @ w.reshape(kh * kw * cin, cout)
 
 
-def _conv_im2col_fwd(x, w):
-    return _conv_im2col(x, w), (x, w)
+# --------------------------------------------------------------------------- the "direct" primitive
+
+_direct_conv_p = Primitive("nowcast_direct_conv2d")
 
 
-def _conv_im2col_bwd(residuals, dy):
-    x, w = residuals
-    kh, kw, cin, cout = w.shape
-    # dW = patches(x)^T dy, one matmul over all B*H*W positions (patches recomputed, not stored).
-    cols = _patches(x, kh, kw, same_padding(kh), same_padding(kw))
-    dw = jnp.einsum("bhwk,bhwo->ko", cols, dy.astype(cols.dtype)).reshape(kh, kw, cin, cout)
-    # dX = full correlation of dy with the flipped kernel: the padding swaps low and high.
+def _direct(x: jax.Array, w: jax.Array, padding: Padding) -> jax.Array:
+    """Stride-1 NHWC/HWIO convolution with explicit ``padding`` as the bilinear primitive."""
+    return _direct_conv_p.bind(x, w, padding=tuple(tuple(int(p) for p in pair) for pair in padding))
+
+
+def _direct_abstract_eval(x, w, *, padding):
+    (lo_h, hi_h), (lo_w, hi_w) = padding
+    out_h = x.shape[1] + lo_h + hi_h - w.shape[0] + 1
+    out_w = x.shape[2] + lo_w + hi_w - w.shape[1] + 1
+    return jax.core.ShapedArray((x.shape[0], out_h, out_w, w.shape[3]), jnp.result_type(x.dtype, w.dtype))
+
+
+def _input_transpose(dy, x, w, *, padding):
+    """dX: ``dy`` convolved with the flipped, in/out-transposed kernel (the padding mirrors)."""
+    kh, kw = w.shape[:2]  # w is known here; x is the linear argument
+    (lo_h, hi_h), (lo_w, hi_w) = padding
     flipped = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))  # [kh, kw, Cout, Cin]
-    swap = lambda p: (p[1], p[0])
-    dcols = _patches(dy.astype(w.dtype), kh, kw, swap(same_padding(kh)), swap(same_padding(kw)))
-    dx = dcols @ flipped.reshape(kh * kw * cout, cin)
-    return dx.astype(x.dtype), dw.astype(w.dtype)
+    dx = _direct(dy.astype(flipped.dtype), flipped, ((kh - 1 - lo_h, kh - 1 - hi_h), (kw - 1 - lo_w, kw - 1 - hi_w)))
+    return dx.astype(x.aval.dtype)
 
 
-_conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
-
-
-def _weight_grad(x: jax.Array, dy: jax.Array, kh: int, kw: int) -> jax.Array:
+def _weight_transpose(dy, x, w, *, padding):
     """dW ``[kh, kw, Cin, Cout]`` as a forward-form convolution.
 
     ``dW[i, j, c, o] = sum_{b,h,w} xpad[b, h+i, w+j, c] dy[b, h, w, o]``: a convolution whose
     "batch" is Cin, whose contracted "features" are the batch B and whose kernel is ``dy``
-    over the whole ``H x W`` frame. Written with explicit transposes into plain NHWC/HWIO
-    form, XLA:CPU runs it on its fast convolution path; autodiff's own (non-canonical)
-    weight-gradient convolution is the slow one inside a ``lax.scan``.
+    over the whole output frame, written with explicit transposes in plain NHWC/HWIO form.
     """
     lhs = jnp.transpose(x, (3, 1, 2, 0))  # [Cin, H, W, B]
-    rhs = jnp.transpose(dy.astype(x.dtype), (1, 2, 0, 3))  # [H, W, B, Cout]
-    out = lax.conv_general_dilated(lhs, rhs, window_strides=(1, 1), padding=(same_padding(kh), same_padding(kw)),
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [Cin, kh, kw, Cout]
-    return jnp.transpose(out, (1, 2, 0, 3))
+    rhs = jnp.transpose(dy.astype(lhs.dtype), (1, 2, 0, 3))  # [Ho, Wo, B, Cout]
+    return jnp.transpose(_direct(lhs, rhs, padding), (1, 2, 0, 3)).astype(w.aval.dtype)
 
 
-def _input_grad(dy: jax.Array, w: jax.Array) -> jax.Array:
-    """dX: a forward-form convolution of dy with the flipped, in/out-transposed kernel."""
-    kh, kw = w.shape[:2]
-    swap = lambda p: (p[1], p[0])  # the 'same' padding swaps low and high
-    flipped = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))  # [kh, kw, Cout, Cin]
-    return _conv_xla(dy.astype(w.dtype), flipped, (swap(same_padding(kh)), swap(same_padding(kw))))
+def _direct_batch(args, dims, *, padding):
+    """vmap: a batched input folds into the conv's batch; a batched kernel uses lax.conv's rule."""
+    (x, w), (bx, bw) = args, dims
+    if bw is None:
+        x = jnp.moveaxis(x, bx, 0)
+        y = _direct(x.reshape(-1, *x.shape[2:]), w, padding)
+        return y.reshape(*x.shape[:2], *y.shape[1:]), 0
+    return jax.vmap(lambda a, b: _conv_xla(a, b, padding), (bx, bw))(x, w), 0
 
 
-@jax.custom_vjp
-def _conv_cpu(x, w):
-    return _conv_xla(x, w)
-
-
-def _conv_cpu_fwd(x, w):
-    return _conv_cpu(x, w), (x, w)
-
-
-def _conv_cpu_bwd(residuals, dy):
-    x, w = residuals
-    kh, kw = w.shape[:2]
-    return _input_grad(dy, w).astype(x.dtype), _weight_grad(x, dy, kh, kw).astype(w.dtype)
-
-
-_conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
+_direct_conv_p.def_impl(jax.jit(_conv_xla, static_argnames="padding"))
+_direct_conv_p.def_abstract_eval(_direct_abstract_eval)
+mlir.register_lowering(_direct_conv_p, mlir.lower_fun(_conv_xla, multiple_results=False))
+ad.defbilinear(_direct_conv_p, _input_transpose, _weight_transpose)
+batching.primitive_batchers[_direct_conv_p] = _direct_batch
 
 
 def pointwise(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
@@ -158,5 +155,3 @@ def pointwise(x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Arr
         raise ValueError(f"pointwise: input has {x.shape[-1]} channels but the weight expects {w.shape[0]}")
     y = x @ w
     return y if b is None else y + b
-
-

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 
 from nowcast_jax import cells as cells_lib
 from nowcast_jax.conv import pointwise
-from nowcast_jax.rollout import (batch_major, depth_to_space, scan_params, space_to_depth, stack_init,
-                                 stack_initial_carry, stack_prepare, stack_scan, stack_step, time_major)
+from nowcast_jax.rollout import (batch_major, depth_to_space, prepared_scan, space_to_depth, stack_init,
+                                 stack_initial_carry, stack_prepare, stack_scan, stack_step_sinks, time_major)
 
 FORECASTER_INPUTS = ("zeros", "autoregressive")
 FEEDBACKS = {"identity": lambda y: y, "sigmoid": jax.nn.sigmoid}
@@ -127,25 +127,27 @@ def encoder_forecaster(frame_channels: int = 1, patch_size: int = 4, hidden: Seq
         """Forecaster: K steps from the encoder ``states``; returns units ``[B, K, ...]``."""
         feed = FEEDBACKS[feedback]
         spatial_shape = states[0].h.shape[1:3] if spatial else ()
-        cells_params = params["forecaster"] if remat else stack_prepare(fc_cells, params["forecaster"], spatial_shape)
-        prepared = {"cells": cells_params, "head": params["head"]}
 
-        def body(p, carry, xs):
+        def step(p, carry, xs, sinks):
             states, prev = carry
             if forecaster_input == "zeros":
                 x = jnp.zeros((*prev.shape[:-1], 0), prev.dtype)
             else:
                 truth_prev, use_truth = xs
                 x = jnp.where(use_truth, truth_prev, feed(prev))
-            states, outs = stack_step(fc_cells, p["cells"], states, x)
+            states, outs, xbs = stack_step_sinks(fc_cells, p["cells"], states, x, sinks)
             y = pointwise(jnp.concatenate(outs, axis=-1), p["head"]["w"], p["head"]["b"])
-            return (states, y.astype(prev.dtype)), y
+            return (states, y.astype(prev.dtype)), y, xbs
+
+        def prepare(p):
+            return {"cells": stack_prepare(fc_cells, p["cells"], spatial_shape), "head": p["head"]}
 
         xs = None
         if forecaster_input == "autoregressive":
             xs = _teacher_inputs(last_frame_units, truth_units, teacher_mask, output_steps)
-        _, ys = scan_params(body, prepared, (list(states), last_frame_units), xs, length=output_steps,
-                            remat=remat, unroll=unroll)
+        params = {"cells": params["forecaster"], "head": params["head"]}
+        _, ys = prepared_scan(step, params, prepare, (list(states), last_frame_units), xs, length=output_steps,
+                              remat=remat, unroll=unroll)
         return batch_major(ys)
 
     def apply(params, inputs, output_steps: int = 10, targets=None, teacher_mask=None):

@@ -5,10 +5,16 @@ per-step body in ``jax.checkpoint`` (activations of a step are recomputed in the
 pass instead of stored), ``unroll`` is passed to ``lax.scan``.
 
 Cells are prepared once per sequence (``Cell.prepare``: e.g. a kernel's spectrum) outside
-the scan. When prepared parameters hold spectra, :func:`scan_params` defers their weight
-gradients: the backward scan only stacks each step's spectral inputs and output cotangents,
-and the gradient of the whole sequence is one large batched matmul per layer afterwards
-(per-step accumulation into a large loop-carried gradient is what it avoids).
+the scan. When prepared parameters hold spectra, :func:`prepared_scan` defers their
+tangents: a ``custom_jvp`` whose rule linearizes the scan with the spectra held fixed and
+lets each spectrum's tangent enter every step's product through a per-step sink, computed
+for all steps at once outside the scan (:func:`nowcast_jax.spectral.sink_tangents`).
+Transposed for reverse mode, the spectrum gradient of the whole sequence is then one large
+batched matmul per layer after the backward scan, not a large accumulation at every step.
+Being a JVP rule written in plain JAX, it is exact for every transformation (forward mode,
+any order of ``grad``, ``vmap``). With ``conv_impl="auto"`` this path is taken only where
+the computation is lowered for CPU (``lax.platform_dependent``); elsewhere the same scan
+runs on the vendor convolution.
 
 Also here: space-to-depth patching (the paper cuts 64x64 frames into 16x16x16 with 4x4
 patches) and its exact inverse.
@@ -53,14 +59,26 @@ def stack_prepare(cells: Sequence[Cell], params: Sequence[Params], spatial_shape
 def stack_step(cells: Sequence[Cell], params: Sequence[Params], carry: Sequence[LSTMState],
                x: jax.Array) -> tuple[list[LSTMState], list[jax.Array]]:
     """One time step through all layers; returns new states and every layer's output."""
+    new_carry, outputs, _ = stack_step_sinks(cells, params, carry, x, None)
+    return new_carry, outputs
+
+
+def stack_step_sinks(cells: Sequence[Cell], params: Sequence[Params], carry: Sequence[LSTMState], x: jax.Array,
+                     sinks: Sequence[jax.Array] | None) -> tuple[list[LSTMState], list[jax.Array], list[jax.Array]]:
+    """:func:`stack_step` for :func:`prepared_scan`: layers whose ``params`` hold a spectrum take
+    the next of ``sinks`` (None: no sinks) and return their product input ``xb``, in layer order."""
     if len(params) != len(cells) or len(carry) != len(cells):
         raise ValueError(f"stack_step: {len(cells)} cells but {len(params)} parameter sets and {len(carry)} states")
-    new_carry, outputs = [], []
+    new_carry, outputs, xbs = [], [], []
     for cell, p, c in zip(cells, params, carry):
-        c, x = cell.apply(p, c, x)
+        if sinks is not None and isinstance(p.get("spectrum") if isinstance(p, dict) else None, spectral.Spectrum):
+            c, x, xb = cell.apply_with_sink(p, c, x, sinks[len(xbs)])
+            xbs.append(xb)
+        else:
+            c, x = cell.apply(p, c, x)
         new_carry.append(c)
         outputs.append(x)
-    return new_carry, outputs
+    return new_carry, outputs, xbs
 
 
 def time_major(xs: jax.Array) -> jax.Array:
@@ -84,66 +102,70 @@ def _is_spectrum(node) -> bool:
     return isinstance(node, spectral.Spectrum)
 
 
-def scan_params(body: Callable, params, carry, xs, *, length: int | None = None, remat: bool = False,
-                unroll: int = 1):
-    """:func:`scan` of ``body(params, carry, x) -> (carry, y)`` over prepared ``params``.
+def prepared_scan(step: Callable, params, prepare: Callable, carry, xs, *, length: int | None = None,
+                  remat: bool = False, unroll: int = 1):
+    """Scan ``step(params, carry, x, sinks) -> (carry, y, xbs)`` over time with prepared parameters.
 
-    Without spectra in ``params`` this is ``scan(partial(body, params), ...)``. With them, a
-    custom VJP defers the spectra's gradients to after the backward scan (module docstring).
-    Carry leaves must be batch-major (``[B, ...]``): the batch size sizes the sinks.
+    ``prepare(params)`` adds the per-sequence spectra (``Cell.prepare``); ``step`` must pass each
+    Spectrum leaf of the prepared params (in tree order) its entry of ``sinks`` and return the
+    matching product inputs ``xbs`` (see :func:`stack_step_sinks`); ``sinks`` is None when no
+    deferral is wanted. With ``remat`` nothing is prepared (module docstring). Returns
+    ``(carry, ys)`` like ``lax.scan``; ``xs`` leaves are time-major.
     """
+    def plain(p, carry, xs):
+        return scan(lambda c, x: step(p, c, x, None)[:2], carry, xs, length=length, remat=remat, unroll=unroll)
+
+    if remat:
+        return plain(params, carry, xs)
+    prepared = prepare(params)
+    spectra = [leaf for leaf in jax.tree_util.tree_leaves(prepared, is_leaf=_is_spectrum) if _is_spectrum(leaf)]
+    if not spectra:
+        return plain(prepared, carry, xs)
+    if not any(sp.cpu_only for sp in spectra):
+        return _deferred_scan(step, prepared, carry, xs, length, unroll)
+    return lax.platform_dependent(params, carry, xs, default=plain,
+                                  cpu=lambda p, c, x: _deferred_scan(step, prepare(p), c, x, length, unroll))
+
+
+def _deferred_scan(step: Callable, params, carry, xs, length: int | None, unroll: int):
+    """The scan of :func:`prepared_scan` with the spectra's tangents deferred (module docstring)."""
     leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_is_spectrum)
-    where = {i for i, leaf in enumerate(leaves) if _is_spectrum(leaf)}
-    if not where:
-        return scan(lambda c, x: body(params, c, x), carry, xs, length=length, remat=remat, unroll=unroll)
+    where = [i for i, leaf in enumerate(leaves) if _is_spectrum(leaf)]
     steps = length if xs is None else jax.tree_util.tree_leaves(xs)[0].shape[0]
-    batch = jax.tree_util.tree_leaves(carry)[0].shape[0]
-    rest = [leaf for i, leaf in enumerate(leaves) if i not in where]
 
-    def rebuild(rest_leaves, spectra):
-        out, r, s = [], iter(rest_leaves), iter(spectra)
-        for i in range(len(leaves)):
-            out.append(next(s) if i in where else next(r))
-        return jax.tree_util.tree_unflatten(treedef, out)
+    def rebuild(spectra, rest):
+        s, r = iter(spectra), iter(rest)
+        return jax.tree_util.tree_unflatten(treedef, [next(s) if i in where else next(r) for i in range(len(leaves))])
 
-    def run_with_sinks(spectra, rest_leaves, carry, xs, sinks):
-        """The scan with each spectrum's product exporting through its sink; also returns
-        every step's spectral inputs ``xb`` (stacked over time) as auxiliary output."""
-        def step(c, inp):
-            x, sink = inp
-            collected = [[] for _ in spectra]
-            p = rebuild(rest_leaves, [sp._replace(sinks=(sk, col)) for sp, sk, col in zip(spectra, sink, collected)])
-            c, y = body(p, c, x)
-            if any(len(col) != 1 for col in collected):
-                raise ValueError("scan_params: every prepared spectrum must be used exactly once per step "
-                                 f"(uses: {[len(col) for col in collected]})")
-            return c, (y, [col[0] for col in collected])
-        carry, (ys, xbs) = scan(step, carry, (xs, sinks), length=steps, remat=remat, unroll=unroll)
+    def scan_steps(spectra, rest, carry, xs, sinks):
+        def body(c, inp):
+            x, s = inp
+            c, y, xbs = step(rebuild(spectra, rest), c, x, s)
+            if len(xbs) != len(spectra):
+                raise ValueError(f"prepared_scan: the step returned {len(xbs)} spectral inputs for {len(spectra)} spectra")
+            return c, (y, xbs)
+        carry, (ys, xbs) = lax.scan(body, carry, (xs, sinks), length=steps, unroll=unroll)
         return (carry, ys), xbs
 
-    @jax.custom_vjp
-    def run(spectra, rest_leaves, carry, xs):
-        return scan(lambda c, x: body(rebuild(rest_leaves, spectra), c, x), carry, xs, length=length,
-                    remat=remat, unroll=unroll)
+    @jax.custom_jvp
+    def run(spectra, rest, carry, xs):
+        return scan_steps(spectra, rest, carry, xs, [None] * len(spectra))[0]
 
-    def run_fwd(spectra, rest_leaves, carry, xs):
-        frozen = [spectral.Spectrum(*(lax.stop_gradient(a) for a in sp[:3]), sp.kernel_size) for sp in spectra]
-        sinks = [spectral.zero_sinks(sp, batch, steps) for sp in spectra]
-        out, vjp_fn, xbs = jax.vjp(lambda r, c, x, s: run_with_sinks(frozen, r, c, x, s), rest_leaves, carry, xs,
-                                   sinks, has_aux=True)
-        return out, (vjp_fn, xbs)
+    @run.defjvp
+    def run_jvp(primals, tangents):
+        spectra, rest, carry, xs = primals
+        t_spectra, t_rest, t_carry, t_xs = tangents
+        x0 = None if xs is None else jax.tree_util.tree_map(lambda a: a[0], xs)
+        xb_shapes = jax.eval_shape(lambda: step(rebuild(spectra, rest), carry, x0, [None] * len(spectra))[2])
+        sinks = [jnp.zeros((steps, *xb.shape[:-1], sp.block.shape[-1]), xb.dtype)
+                 for xb, sp in zip(xb_shapes, spectra)]
+        out, linear, xbs = jax.linearize(lambda r, c, x, s: scan_steps(spectra, r, c, x, s), rest, carry, xs, sinks,
+                                         has_aux=True)
+        # Only the block carries the spectrum's value; re_t/im_t mirror it (see Spectrum).
+        t_sinks = [spectral.sink_tangents(xb, t.block) for xb, t in zip(xbs, t_spectra)]
+        return out, linear(t_rest, t_carry, t_xs, t_sinks)
 
-    spectra = [leaves[i] for i in sorted(where)]
-
-    def run_bwd(res, ct):
-        vjp_fn, xbs = res
-        d_rest, d_carry, d_xs, d_sinks = vjp_fn(ct)  # d_sinks: the products' output cotangents, stacked
-        d_spectra = [spectral.Spectrum(spectral.deferred_grad(xb, dy), None, None, sp.kernel_size)
-                     for sp, xb, dy in zip(spectra, xbs, d_sinks)]
-        return d_spectra, d_rest, d_carry, d_xs
-
-    run.defvjp(run_fwd, run_bwd)
-    return run(spectra, rest, carry, xs)
+    return run([leaves[i] for i in where], [leaf for i, leaf in enumerate(leaves) if i not in where], carry, xs)
 
 
 def stack_scan(cells: Sequence[Cell], params: Sequence[Params], carry: Sequence[LSTMState], xs: jax.Array, *,
@@ -158,15 +180,14 @@ def stack_scan(cells: Sequence[Cell], params: Sequence[Params], carry: Sequence[
     """
     if xs.ndim < 3:
         raise ValueError(f"stack_scan: xs must be [B, T, ...]; got shape {tuple(xs.shape)}")
-
     spatial_shape = xs.shape[2:4] if cells and cells[0].spatial else ()
-    prepared = params if remat else stack_prepare(cells, params, spatial_shape)
 
-    def body(p, c, x):
-        c, outs = stack_step(cells, p, c, x)
-        return c, outs[-1]
+    def step(p, c, x, sinks):
+        c, outs, xbs = stack_step_sinks(cells, p, c, x, sinks)
+        return c, outs[-1], xbs
 
-    carry, hs = scan_params(body, prepared, list(carry), time_major(xs), remat=remat, unroll=unroll)
+    carry, hs = prepared_scan(step, list(params), lambda p: stack_prepare(cells, p, spatial_shape), list(carry),
+                              time_major(xs), remat=remat, unroll=unroll)
     return carry, batch_major(hs)
 
 

@@ -21,22 +21,26 @@ Cost model (why it wins on CPU at batch 8): per step the products read the whole
 spectrum (``Fq x 2Cin x Cout`` floats, ~47 MB for 128 -> 256 channels), so they are bound
 by memory bandwidth rather than arithmetic; the direct convolution is bound by arithmetic.
 
-Gradients: :func:`spectral_conv2d` is differentiable on its own (the spectrum's gradient
-is accumulated per call). Inside a scan, :func:`nowcast_jax.rollout.scan_params` instead
-defers it: each step returns its spectral input as a scan output and exports its output
-cotangent through a zero ``sink``, and the weight gradient of the whole sequence is one batched matmul over
-``T x 2B`` rows after the backward scan (see :func:`_site`). Memory: the spectra and the
-stacked exports are extra (the 20 -> 20 benchmark step's peak grows from ~0.6 to ~1.4 GB);
-``remat=True`` therefore keeps the direct convolution.
+Gradients are plain autodiff of these matmuls, so every transformation works (any order
+of ``grad``, forward mode, ``vmap``). Inside the ConvLSTM stacks' scans,
+:func:`nowcast_jax.rollout.stack_scan` defers the spectrum's gradient: each step returns its
+spectral input ``xb`` and takes a per-step ``sink`` added to the product's output
+(:func:`conv_parts`), and the tangent (hence, transposed, the gradient) of the spectrum
+enters through the sinks as ONE batched matmul over all ``T x 2B`` rows outside the scan
+(:func:`sink_tangents`), instead of a large gradient accumulated in the backward scan's
+carry at every step. Memory: the spectra and the stacked ``xb`` are extra (the 20 -> 20
+benchmark step's peak grows from ~0.6 to ~1.2 GB); ``remat=True`` therefore keeps the
+direct convolution.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 import numpy as np
 
 # "auto" uses the spectral path on CPU up to this many grid positions. benchmarks/bench_grid.py
@@ -47,21 +51,23 @@ MAX_POSITIONS = 24 * 24
 
 class Spectrum(NamedTuple):
     """A kernel's DFT on one grid as one real block per frequency, ``block [Fq, 2Cin, Cout]``
-    (rows: real parts of all input channels, then imaginary parts), and the transposed real
-    and imaginary parts ``re_t``, ``im_t [Fq, Cout, Cin]`` for the input gradient (these carry
-    no gradient). ``sinks`` is set only inside a deferred scan."""
+    (rows: real parts of all input channels, then imaginary parts), and its real and imaginary
+    parts transposed, ``re_t``, ``im_t [Fq, Cout, Cin]``, which every step's input gradient
+    multiplies by (a transposed operand is ~4x slower in XLA:CPU's batched matmul). They are
+    functions of the kernel like ``block``, so higher derivatives see them. ``cpu_only`` marks
+    a spectrum that ``conv_impl="auto"`` made: it is used where the computation is lowered for
+    CPU, and the vendor convolution of the same kernel elsewhere."""
 
     block: jax.Array
     re_t: jax.Array
     im_t: jax.Array
     kernel_size: int
-    sinks: Any = None  # (y zeros [Fq, 2B, Cout], list collecting this step's xb) per step
+    cpu_only: bool = False
 
 
 jax.tree_util.register_pytree_node(
-    Spectrum,
-    lambda s: ((s.block, s.re_t, s.im_t, s.sinks), s.kernel_size),
-    lambda k, c: Spectrum(*c[:3], k, c[3]))
+    Spectrum, lambda s: ((s.block, s.re_t, s.im_t), (s.kernel_size, s.cpu_only)),
+    lambda aux, c: Spectrum(*c, *aux))
 
 _HI = jax.lax.Precision.HIGHEST  # full f32 where the default is lower (TPU, TF32 GPUs); CPU is exact anyway
 
@@ -99,8 +105,8 @@ def dft_matrices(height: int, width: int, k: int) -> tuple[np.ndarray, np.ndarra
     return tuple(a.astype(np.float32) for a in (forward, kernel, inverse))
 
 
-def kernel_spectrum(w: jax.Array, height: int, width: int) -> Spectrum:
-    """Spectrum of a ``[k, k, Cin, Cout]`` kernel (square, float32) on a ``height x width`` grid."""
+def kernel_spectrum(w: jax.Array, height: int, width: int, *, cpu_only: bool = False) -> Spectrum:
+    """Spectrum of a ``[k, k, Cin, Cout]`` kernel (square; computed in float32) on a ``height x width`` grid."""
     k, k2, cin, cout = w.shape
     if k != k2:
         raise ValueError(f"kernel_spectrum wants a square kernel; got {w.shape}")
@@ -110,25 +116,34 @@ def kernel_spectrum(w: jax.Array, height: int, width: int) -> Spectrum:
     kernel = np.pad(kernel, ((0, 0), (0, 0), (0, taps - k * k)))
     per_freq = np.ascontiguousarray(np.swapaxes(kernel, 0, 1)).reshape(-1, taps)  # rows (f, re/im)
     pad = ((0, taps - k * k), (0, 0))
-    w_taps = jnp.pad(w.reshape(k * k, cin * cout), pad)
-    block = jnp.dot(per_freq, w_taps, precision=_HI).reshape(-1, 2 * cin, cout)
-    w_t = jnp.pad(jax.lax.stop_gradient(jnp.swapaxes(w, 2, 3)).reshape(k * k, cout * cin), pad)
+    w = w.astype(jnp.float32)
+    block = jnp.dot(per_freq, jnp.pad(w.reshape(k * k, cin * cout), pad), precision=_HI).reshape(-1, 2 * cin, cout)
+    w_t = jnp.pad(jnp.swapaxes(w, 2, 3).reshape(k * k, cout * cin), pad)
     re_t, im_t = (jnp.dot(kernel[p], w_t, precision=_HI).reshape(-1, cout, cin) for p in (0, 1))
-    return Spectrum(block, re_t, im_t, k)
+    return Spectrum(block, re_t, im_t, k, cpu_only)
 
 
 def use_spectral(impl: str, kernel_size: int, spatial_shape, dtype) -> bool:
-    """Whether a convolution should run spectrally (``impl="auto"``: CPU, float32, k >= 3, small grid)."""
+    """Whether a cell should prepare a spectrum: always for ``impl="spectral"``; for ``"auto"``
+    when float32, k >= 3 and the grid is small (the spectrum is then used only where the
+    computation is lowered for CPU: see :class:`Spectrum`)."""
     if impl == "spectral":
         return True
     if impl != "auto" or len(spatial_shape) != 2:
         return False
-    return (jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32 and kernel_size >= 3
+    return (jnp.dtype(dtype) == jnp.float32 and kernel_size >= 3
             and spatial_shape[0] * spatial_shape[1] <= MAX_POSITIONS)
 
 
 def spectral_conv2d(x: jax.Array, spectrum: Spectrum) -> jax.Array:
-    """'Same' correlation of ``x [B, H, W, Cin]`` with the kernel behind ``spectrum`` -> ``[B, H, W, Cout]``."""
+    """'Same' correlation of ``x [B, H, W, Cin]`` with the kernel behind ``spectrum`` -> ``[B, H, W, Cout]`` (float32)."""
+    return conv_parts(x, spectrum)[0]
+
+
+def conv_parts(x: jax.Array, spectrum: Spectrum, sink: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """:func:`spectral_conv2d` that also returns the product's input ``xb [Fq, 2B, 2Cin]`` and adds
+    ``sink [Fq, 2B, Cout]`` (when given) to the product's output ``xb @ block`` (see the module
+    docstring: the deferred-gradient scan differentiates through the sinks)."""
     batch, height, width, cin = x.shape
     forward, _, inverse = dft_matrices(height, width, spectrum.kernel_size)
     fq = forward.shape[0]
@@ -139,72 +154,39 @@ def spectral_conv2d(x: jax.Array, spectrum: Spectrum) -> jax.Array:
     x_re, x_im = xs[:, 0], xs[:, 1]
     # Real block of the complex product: [[Xr, -Xi], [Xi, Xr]] @ [Sr; Si] = [Yr; Yi].
     xb = jnp.concatenate([jnp.concatenate([x_re, -x_im], -1), jnp.concatenate([x_im, x_re], -1)], 1)
-    if spectrum.sinks is None:
-        y = _product(xb, *spectrum[:3])
-    else:
-        sink_y, collected = spectrum.sinks
-        collected.append(xb)  # the deferred scan returns it as a per-step output
-        y = _site(xb, *(jax.lax.stop_gradient(a) for a in spectrum[:3]), sink_y)
+    y = _product(xb, spectrum.block, spectrum.re_t, spectrum.im_t)  # [Fq, 2B, Cout]
+    if sink is not None:
+        y = y + sink
     y = y.reshape(fq, 2, batch, -1)  # [Fq, re/im, B, Cout]
     inverse_fq = np.ascontiguousarray(np.swapaxes(inverse, 0, 1))  # [Fq, 2, H*W]
     out = jnp.einsum("fqs,fqbo->bso", inverse_fq, y, precision=_HI)
-    return out.reshape(batch, height, width, -1)
+    return out.reshape(batch, height, width, -1), xb
 
 
-def _mm(a, b):
-    return jnp.matmul(a, b, precision=_HI)
+def sink_tangents(xbs: jax.Array, block_tangent: jax.Array) -> jax.Array:
+    """What a spectrum's tangent adds to every step's product output: ``xbs [T, Fq, 2B, 2Cin]``,
+    ``block_tangent [Fq, 2Cin, Cout]`` -> ``[T, Fq, 2B, Cout]``, one batched matmul over all
+    T x 2B rows (transposed by autodiff into the spectrum's gradient, again one matmul)."""
+    return jnp.einsum("tfbc,fco->tfbo", xbs, block_tangent, precision=_HI)
 
 
-def _input_grad(dy, re_t, im_t):
-    """d(xb) = dy @ [Sr; Si]^T, from the two pre-transposed parts."""
-    return jnp.concatenate([_mm(dy, re_t), _mm(dy, im_t)], -1)
-
-
-@jax.custom_vjp
+@jax.custom_jvp
 def _product(xb, block, re_t, im_t):
-    """Per-frequency product ``xb [Fq, 2B, 2Cin] @ block [Fq, 2Cin, Cout]``."""
-    return _mm(xb, block)
+    """``xb [Fq, 2B, 2Cin] @ block [Fq, 2Cin, Cout]``; its tangent in ``xb`` is written against
+    ``re_t``/``im_t`` so that its transpose, the input gradient, is two plain matmuls."""
+    return jnp.matmul(xb, block, precision=_HI)
 
 
-def _product_fwd(xb, block, re_t, im_t):
-    return _mm(xb, block), (xb, re_t, im_t)
-
-
-def _product_bwd(res, dy):
-    xb, re_t, im_t = res
-    return _input_grad(dy, re_t, im_t), jnp.einsum("fbc,fbo->fco", xb, dy, precision=_HI), None, None
-
-
-_product.defvjp(_product_fwd, _product_bwd)
-
-
-@jax.custom_vjp
-def _site(xb, block, re_t, im_t, sink_y):
-    """The product inside a deferred scan: the spectrum gets no gradient here; instead the
-    output cotangent leaves through the zero ``sink_y`` (a per-step scan input), so the
-    scan's backward pass stacks it over time. ``xb`` is not kept for the backward pass."""
-    return _mm(xb, block) + sink_y
-
-
-def _site_fwd(xb, block, re_t, im_t, sink_y):
-    return _site(xb, block, re_t, im_t, sink_y), (re_t, im_t)
-
-
-def _site_bwd(res, dy):
-    re_t, im_t = res
-    return _input_grad(dy, re_t, im_t), None, None, None, dy
-
-
-_site.defvjp(_site_fwd, _site_bwd)
-
-
-def zero_sinks(spectrum: Spectrum, batch: int, steps: int) -> jax.Array:
-    """Per-step zero output sinks ``[T, Fq, 2B, Cout]`` for a deferred scan over ``steps`` steps."""
-    fq, _, cout = spectrum.block.shape
-    return jnp.zeros((steps, fq, 2 * batch, cout), jnp.float32)
-
-
-def deferred_grad(xbs: jax.Array, dys: jax.Array) -> jax.Array:
-    """Spectrum gradient of a whole sequence: ``xbs [T, Fq, 2B, 2Cin]``, ``dys [T, Fq, 2B, Cout]``
-    -> ``[Fq, 2Cin, Cout]``, one batched matmul over all T x 2B rows."""
-    return jnp.einsum("tfbc,tfbo->fco", xbs, dys, precision=_HI)
+@functools.partial(_product.defjvp, symbolic_zeros=True)
+def _product_jvp(primals, tangents):
+    xb, block, re_t, im_t = primals
+    t_xb, t_block, _, _ = tangents  # re_t and im_t only mirror block: their tangents add nothing
+    out = _product(xb, block, re_t, im_t)
+    t_out = jnp.zeros_like(out)
+    if not isinstance(t_xb, SymbolicZero):
+        cin = re_t.shape[-1]
+        t_out = (jnp.einsum("fbc,foc->fbo", t_xb[..., :cin], re_t, precision=_HI)
+                 + jnp.einsum("fbc,foc->fbo", t_xb[..., cin:], im_t, precision=_HI))
+    if not isinstance(t_block, SymbolicZero):
+        t_out = t_out + jnp.matmul(xb, t_block, precision=_HI)
+    return out, t_out
