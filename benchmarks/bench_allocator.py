@@ -1,8 +1,9 @@
-"""The host-allocator setting that ``import nowcast_jax`` applies (nowcast_jax/runtime.py).
+"""The host-allocator setting of nowcast_jax/runtime.py (what the CLI applies to its process).
 
 The setting is process-wide, so it cannot be compared inside one process: each
-configuration runs in a FRESH subprocess (``NOWCAST_JAX_HOST_ALLOCATOR=tuned`` or
-``default``), the two alternating over ``--reps`` rounds. Each subprocess times the
+configuration runs in a FRESH subprocess that calls ``nowcast_jax.runtime.tune_host_allocator()``
+before any JAX work, with ``NOWCAST_JAX_HOST_ALLOCATOR=tuned`` (applied) or ``default`` (the
+call changes nothing), the two alternating over ``--reps`` rounds. Each subprocess times the
 ConvLSTM training step of bench_convlstm (10 -> 10, batch 8) for both convolution paths
 after two warm-up calls and reports the median step time, the minor page faults and the
 system CPU time per step.
@@ -24,12 +25,13 @@ import _common  # noqa: E402
 
 CHILD = r"""
 import json, resource, statistics, sys, time
-import nowcast_jax  # applies (or not) the setting first
+import nowcast_jax.runtime
+applied = nowcast_jax.runtime.tune_host_allocator()  # first, before JAX; NOWCAST_JAX_HOST_ALLOCATOR=default: no-op
 import jax, jax.numpy as jnp
 sys.path.insert(0, sys.argv[2])
 import peers_convlstm as peers
 from nowcast_jax import models
-runs, out = int(sys.argv[1]), {"applied": nowcast_jax.RUNTIME_SETTINGS["host_allocator"]}
+runs, out = int(sys.argv[1]), {"applied": applied}
 x = jnp.asarray(peers.fake_frames(8, 10, 0)); y = jnp.asarray(peers.fake_frames(8, 10, 1))
 for impl in ("auto", "direct"):
     m = models.encoder_forecaster(1, 4, (64, 64), kernel_x=5, kernel_h=5, conv_impl=impl)

@@ -33,7 +33,8 @@ transformation applies directly. This notebook shows:
 1. a ConvLSTM cell inside **your own** `lax.scan`;
 2. `jax.grad` through a multi-step rollout of the encoder-forecaster;
 3. `jax.vmap` over an **ensemble** of parameter sets;
-4. swapping in **bfloat16** compute.
+4. swapping in **bfloat16** compute;
+5. the same model as a **Flax NNX** module (`nnx.Optimizer`, `nnx.jit`).
 
 Everything is tiny so that it runs in seconds on a CPU.
 """),
@@ -156,6 +157,50 @@ print("bf16 ops in the compiled program:", hlo.count("bf16") > 0)
     md("""
 The cells also take `compute_dtype` directly, e.g. `cells.lstm(64, compute_dtype=jnp.bfloat16)`,
 and the Flax wrappers in `nowcast_jax.flax` pass it through.
+"""),
+    md("""
+## 5. The same model as a Flax NNX module
+
+`nowcast_jax.nnx_modules` wraps the functional models as `nnx.Module`s: the module holds the
+functional parameter pytree with every array an `nnx.Param`, and its `__call__` runs the same
+`model.apply`. So the usual NNX workflow applies: `nnx.Rngs` to initialise, `nnx.Optimizer`
+and `nnx.jit` to train, and `pure_params()` / `from_params(...)` to move between the APIs.
+"""),
+    code("""
+import optax
+from flax import nnx
+
+from nowcast_jax import nnx_modules
+
+ef_kwargs = dict(frame_channels=1, patch_size=2, hidden=(4, 4), kernel_x=3, kernel_h=3)
+net = nnx_modules.EncoderForecaster((H, W, C), rngs=nnx.Rngs(3), **ef_kwargs)
+optimizer = nnx.Optimizer(net, optax.adam(1e-2), wrt=nnx.Param)
+
+def nnx_loss(net):
+    return jnp.mean(optax_free_bce(net(inputs, output_steps=2), targets))
+
+@nnx.jit
+def nnx_train_step(net, optimizer):                       # updates net and optimizer in place
+    loss, grads = nnx.value_and_grad(nnx_loss)(net)
+    optimizer.update(net, grads)
+    return loss
+
+for i in range(3):
+    print("nnx step", i, "loss", float(nnx_train_step(net, optimizer)))
+"""),
+    md("""
+`pure_params()` returns the plain pytree (the structure `model.init` returns), and
+`from_params` builds a module from one: the numbers are the functional API's.
+"""),
+    code("""
+trained = net.pure_params()
+print("same structure as model.init:", jax.tree.structure(trained) == jax.tree.structure(mparams))
+np.testing.assert_array_equal(np.asarray(net(inputs, output_steps=2)),
+                              np.asarray(model.apply(trained, inputs, output_steps=2)))
+same = nnx_modules.EncoderForecaster.from_params(mparams, **ef_kwargs)
+np.testing.assert_array_equal(np.asarray(same(inputs, output_steps=2)),
+                              np.asarray(model.apply(mparams, inputs, output_steps=2)))
+print("NNX module matches model.apply for the same parameters")
 """),
 ]
 

@@ -1,7 +1,7 @@
-"""nowcast_jax: recurrent nowcasting (ConvLSTM radar, LSTM station visibility) in JAX."""
+"""nowcast_jax: recurrent nowcasting (ConvLSTM radar, LSTM station visibility) in JAX.
 
-from nowcast_jax import runtime as _runtime
+Importing the package changes nothing in the process; the host-allocator tuning the CLI
+uses is opt-in for library users: ``nowcast_jax.runtime.tune_host_allocator()``.
+"""
 
 __version__ = "0.1.0"
-
-RUNTIME_SETTINGS = _runtime.apply_defaults()  # see nowcast_jax/runtime.py (opt out: NOWCAST_JAX_HOST_ALLOCATOR=default)

@@ -32,13 +32,21 @@ class CLIError(Exception):
 
 
 def configure_runtime() -> None:
-    """Process-wide runtime settings, applied before JAX starts (XLA flags etc.).
+    """Process-wide runtime settings, applied before JAX computes anything (XLA flags etc.).
 
-    Nothing is needed yet; add CPU/GPU speed flags here (e.g. append to ``XLA_FLAGS`` with
-    ``os.environ.setdefault``) so that every subcommand gets them. Multi-host runs call
-    ``jax.distributed.initialize()`` here (see ``nowcast_jax.train``'s module docstring)
-    when ``NOWCAST_JAX_DISTRIBUTED=1``.
+    The CLI owns its process, so it tunes the host allocator here
+    (:func:`nowcast_jax.runtime.tune_host_allocator`; ``NOWCAST_JAX_HOST_ALLOCATOR=default``
+    opts out, another value is a user error). Add CPU/GPU speed flags here too (e.g. append
+    to ``XLA_FLAGS`` with ``os.environ.setdefault``) so that every subcommand gets them.
+    Multi-host runs call ``jax.distributed.initialize()`` here (see ``nowcast_jax.train``'s
+    module docstring) when ``NOWCAST_JAX_DISTRIBUTED=1``.
     """
+    from nowcast_jax import runtime
+
+    try:
+        runtime.tune_host_allocator()
+    except ValueError as err:  # a bad NOWCAST_JAX_HOST_ALLOCATOR
+        raise CLIError(str(err)) from None
     if os.environ.get("NOWCAST_JAX_DISTRIBUTED") == "1":
         import jax
 

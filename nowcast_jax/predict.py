@@ -221,13 +221,11 @@ def _write_nc(path: Path, y: np.ndarray, valid: list[str], sidecar: dict) -> Pat
 
 def plot_radar(inputs: np.ndarray, forecast: np.ndarray, path: Path, step=None) -> Path:
     """A PNG: the input frames (top row) and the forecast frames (bottom row), mm/h."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: leaves the caller's backend and figures alone
 
     cols = max(len(inputs), len(forecast))
-    fig, axes = plt.subplots(2, cols, figsize=(1.6 * cols, 3.4), squeeze=False)
+    fig = Figure(figsize=(1.6 * cols, 3.4))
+    axes = fig.subplots(2, cols, squeeze=False)
     vmax = max(float(np.nanmax(inputs)) if np.isfinite(inputs).any() else 1.0, 1.0)
     for row, frames, label in ((0, inputs, "input"), (1, forecast, "forecast")):
         for k in range(cols):
@@ -239,7 +237,6 @@ def plot_radar(inputs: np.ndarray, forecast: np.ndarray, path: Path, step=None) 
                 ax.set_title(f"{label} {minutes:+.0f} min" if step else f"{label} {k}", fontsize=7)
     fig.colorbar(im, ax=axes, shrink=0.8, label="mm/h")
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path
 
 

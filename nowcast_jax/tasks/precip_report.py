@@ -128,11 +128,8 @@ def plot_strip(batch: dict, forecasts: dict, path: Path, *, rain: bool, sample: 
     Radar fields are drawn in mm/h on a log colour scale; pixels below 0.1 mm/h or unobserved
     are blank.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.colors as mcolors
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: leaves the caller's backend and figures alone
 
     targets = batch["targets"][..., 0]
     if sample is None:
@@ -140,7 +137,8 @@ def plot_strip(batch: dict, forecasts: dict, path: Path, *, rain: bool, sample: 
     rows = [("inputs", batch["inputs"][sample, ..., 0]), ("truth", targets[sample])]
     rows += [(name, np.asarray(f)[sample, ..., 0]) for name, f in forecasts.items()]
     cols = max(len(r[1]) for r in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.3 * cols, 1.4 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(1.3 * cols, 1.4 * len(rows)))
+    axes = fig.subplots(len(rows), cols, squeeze=False)
     kw = dict(cmap="viridis", norm=mcolors.LogNorm(0.1, 50.0)) if rain else dict(cmap="gray", vmin=0, vmax=1)
     mask_in = batch.get("input_mask")
     for r, (label, frames) in enumerate(rows):
@@ -163,5 +161,4 @@ def plot_strip(batch: dict, forecasts: dict, path: Path, *, rain: bool, sample: 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path

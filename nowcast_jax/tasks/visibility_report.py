@@ -266,13 +266,12 @@ def format_report(results: dict, horizons_hours=None) -> str:
 
 
 # ------------------------------------------------------------------------------ plots
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    """A bare ``matplotlib.figure.Figure`` (not pyplot: the caller's backend and figures are
+    left alone; ``savefig`` renders with Agg for PNG)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def lowest_event(windows, horizons_hours, pad_hours: float = 36.0):
@@ -289,11 +288,11 @@ def lowest_event(windows, horizons_hours, pad_hours: float = 36.0):
 def plot_event(forecasts: dict, windows, horizons_hours, step, path, pad_hours: float = 36.0) -> Path:
     """Paper Fig. 3: observed vs forecast visibility through the lowest-visibility event of
     the split, at the first and last horizon (one panel each). Writes ``path`` (PNG)."""
-    plt = _pyplot()
     station, centre, rows = lowest_event(windows, horizons_hours, pad_hours)
     valid = _valid_times(windows.times, horizons_hours)[rows]
     js = sorted({0, len(horizons_hours) - 1})
-    fig, axes = plt.subplots(len(js), 1, figsize=(9, 3.2 * len(js)), squeeze=False)
+    fig = _figure(figsize=(9, 3.2 * len(js)))
+    axes = fig.subplots(len(js), 1, squeeze=False)
     for ax, j in zip(axes[:, 0], js):
         t = valid[:, j].astype("datetime64[m]").astype(object)
         ax.plot(t, windows.y[rows, j], "k.-", lw=2, label="observed")
@@ -307,17 +306,16 @@ def plot_event(forecasts: dict, windows, horizons_hours, step, path, pad_hours: 
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_lag_correlation(results: dict, horizons_hours, path) -> Path:
     """Paper Fig. 4: r(forecast at t, observation at t - L) against L, one panel per
     horizon, one curve per forecaster. Writes ``path`` (PNG)."""
-    plt = _pyplot()
     lags = sorted(int(k[6:]) for k in results["model"] if k.startswith("lag_r_"))
     n_h = len(results["model"]["rmse"])
-    fig, axes = plt.subplots(1, n_h, figsize=(4 * n_h, 3.2), squeeze=False)
+    fig = _figure(figsize=(4 * n_h, 3.2))
+    axes = fig.subplots(1, n_h, squeeze=False)
     for j, ax in enumerate(axes[0]):
         for name in FORECASTER_ORDER:
             if name in results:
@@ -329,5 +327,4 @@ def plot_lag_correlation(results: dict, horizons_hours, path) -> Path:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
