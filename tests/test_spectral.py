@@ -1,4 +1,4 @@
-"""Spectral convolution against numpy and lax.conv; the deferred-gradient scan against autodiff."""
+"""Spectral convolution against numpy and lax.conv; the deferred-tangent scan against autodiff."""
 
 import jax
 import jax.numpy as jnp
@@ -43,14 +43,19 @@ def test_spectral_errors_name_the_problem():
 
 
 def test_auto_choice():
-    on_cpu = jax.default_backend() == "cpu"
-    assert spectral.use_spectral("auto", 5, (16, 16), jnp.float32) == on_cpu
-    assert spectral.use_spectral("auto", 5, (24, 24), jnp.float32) == on_cpu
+    """Which grids get a spectrum (independent of the backend: under "auto" it is used only
+    where the computation is lowered for CPU, see tests/test_transformations.py's export test)."""
+    assert spectral.use_spectral("auto", 5, (16, 16), jnp.float32)
+    assert spectral.use_spectral("auto", 5, (24, 24), jnp.float32)
     assert not spectral.use_spectral("auto", 5, (32, 32), jnp.float32)  # measured slower than direct there
     assert not spectral.use_spectral("auto", 5, (16, 16), jnp.bfloat16)
     assert not spectral.use_spectral("auto", 1, (16, 16), jnp.float32)
     assert not spectral.use_spectral("direct", 5, (16, 16), jnp.float32)
     assert spectral.use_spectral("spectral", 5, (64, 64), jnp.bfloat16)
+    assert cells.conv_lstm(4, conv_impl="auto").prepare(cells.conv_lstm(4).init(jax.random.PRNGKey(0), 2),
+                                                        (6, 6))["spectrum"].cpu_only
+    assert not cells.conv_lstm(4, conv_impl="spectral").prepare(cells.conv_lstm(4).init(jax.random.PRNGKey(0), 2),
+                                                                (6, 6))["spectrum"].cpu_only
 
 
 def test_prepare_adds_spectrum_only_where_it_applies():
@@ -111,22 +116,23 @@ def test_encoder_forecaster_training_gradient_equals_lax_conv(forecaster_input):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1e-3, float(np.abs(b).max())))
 
 
-def test_scan_params_without_spectra_is_a_plain_scan():
-    body = lambda p, c, x: (c + p["a"] * x, c * x)
+def test_prepared_scan_without_spectra_is_a_plain_scan():
+    step = lambda p, c, x, sinks: (c + p["a"] * x, c * x, [])
     params, xs = {"a": jnp.float32(2.0)}, jnp.arange(4.0)
-    got = rollout.scan_params(body, params, jnp.float32(1.0), xs)
-    want = jax.lax.scan(lambda c, x: body(params, c, x), jnp.float32(1.0), xs)
+    got = rollout.prepared_scan(step, params, lambda p: p, jnp.float32(1.0), xs)
+    want = jax.lax.scan(lambda c, x: step(params, c, x, None)[:2], jnp.float32(1.0), xs)
     np.testing.assert_allclose(got[1], want[1])
     np.testing.assert_allclose(got[0], want[0])
 
 
-def test_deferred_scan_refuses_a_spectrum_used_twice_per_step():
+def test_deferred_scan_refuses_a_step_that_does_not_return_each_spectral_input():
     spec = spectral.kernel_spectrum(_rand(0, (3, 3, 2, 2)), 4, 4)
 
-    def body(p, c, x):
-        y = spectral.spectral_conv2d(spectral.spectral_conv2d(x + c, p["s"]), p["s"])
-        return c + y, y
+    def step(p, c, x, sinks):  # uses the spectrum but does not hand back its product input
+        y = spectral.spectral_conv2d(x + c, p["s"])
+        return c + y, y, []
 
-    loss = lambda s: jnp.sum(rollout.scan_params(body, {"s": s}, jnp.zeros((1, 4, 4, 2)), _rand(1, (3, 1, 4, 4, 2)))[1])
-    with pytest.raises(ValueError, match="used exactly once per step"):
+    loss = lambda s: jnp.sum(rollout.prepared_scan(step, {"s": s}, lambda p: p, jnp.zeros((1, 4, 4, 2)),
+                                                   _rand(1, (3, 1, 4, 4, 2)))[1])
+    with pytest.raises(ValueError, match="returned 0 spectral inputs for 1 spectra"):
         jax.grad(loss)(spec)
