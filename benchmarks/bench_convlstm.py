@@ -148,7 +148,7 @@ def main():
     }
     labels = {
         "ours": "ours (defaults: conv_impl=auto, f32, unroll 1)",
-        "ours_direct": "ours, conv_impl=direct (XLA conv + forward-form VJP)",
+        "ours_direct": "ours, conv_impl=direct (bilinear conv primitive, forward-form transposes)",
         "ours_im2col": "ours, conv_impl=im2col (all-matmul conv)",
         "ours_xla": "ours, conv_impl=xla (lax.conv)",
         "ours_bf16": "ours, compute_dtype=bf16",
