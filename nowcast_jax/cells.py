@@ -57,9 +57,9 @@ class Cell(NamedTuple):
     # prepare(params, spatial_shape) -> params with per-sequence precomputation (e.g. the
     # kernel's spectrum) that a scan does once, outside its body; apply accepts both.
     prepare: Callable[[Params, Sequence[int]], Params] = lambda params, spatial_shape=(): params
-    # apply_with_sink(prepared, carry, x, sink) -> (carry, h, xb): apply for prepared params that
-    # hold a spectrum, with ``sink`` added to the spectral product's output and the product's
-    # input ``xb`` returned (rollout.stack_scan's deferred-gradient scan; None for other cells).
+    # apply_with_sink(prepared, carry, x, sinked) -> (carry, h, xb): apply for prepared params that
+    # hold a spectrum, through spectral.conv_parts with ``sinked`` (a spectral.SinkedProduct),
+    # returning the product's input ``xb`` (rollout's deferred scan; None for other cells).
     apply_with_sink: Callable[..., tuple[LSTMState, jax.Array, jax.Array]] | None = None
 
 
@@ -207,10 +207,10 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
         state = _lstm_update(z.astype(carry.c.dtype) + params["b"], carry.c, params)
         return state, state.h
 
-    def apply_with_sink(params: Params, carry: LSTMState, x: jax.Array, sink: jax.Array):
-        """``apply`` through the spectrum (which ``params`` must hold) with ``sink [Fq, 2B, 4F]``
-        added to the product's output; returns ``(LSTMState, h, xb [Fq, 2B, 2(Cin + F)])``."""
-        z, xb = spectral.conv_parts(stacked_input(params, carry, x), params["spectrum"], sink)
+    def apply_with_sink(params: Params, carry: LSTMState, x: jax.Array, sinked):
+        """``apply`` through the spectrum (which ``params`` must hold) and ``sinked`` (None, or a
+        :class:`nowcast_jax.spectral.SinkedProduct`); returns ``(LSTMState, h, xb [Fq, 2B, 2(Cin + F)])``."""
+        z, xb = spectral.conv_parts(stacked_input(params, carry, x), params["spectrum"], sinked)
         state = _lstm_update(z.astype(carry.c.dtype) + params["b"], carry.c, params)
         return state, state.h, xb
 

@@ -128,28 +128,47 @@ def prepared_scan(step: Callable, params, prepare: Callable, carry, xs, *, lengt
 
 
 def _deferred_scan(step: Callable, params, carry, xs, length: int | None, unroll: int):
-    """The scan of :func:`prepared_scan` with the spectra's tangents deferred (module docstring)."""
+    """The scan of :func:`prepared_scan` with the spectra's tangents deferred (module docstring).
+
+    The rule linearizes the scan in everything, the spectra included, so any other use a step
+    makes of a spectrum is differentiated as usual; only the sinked products leave the block's
+    term out of their tangent, and the rule adds it through their sinks instead.
+    """
     leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=_is_spectrum)
     where = [i for i, leaf in enumerate(leaves) if _is_spectrum(leaf)]
     steps = length if xs is None else jax.tree_util.tree_leaves(xs)[0].shape[0]
+    rest = [leaf for i, leaf in enumerate(leaves) if i not in where]
 
     def rebuild(spectra, rest):
         s, r = iter(spectra), iter(rest)
         return jax.tree_util.tree_unflatten(treedef, [next(s) if i in where else next(r) for i in range(len(leaves))])
 
+    def check(xbs, spectra, sinks):
+        if len(xbs) != len(spectra):
+            raise ValueError(f"prepared_scan: the step returned {len(xbs)} spectral inputs for {len(spectra)} spectra")
+        for i, (xb, sp) in enumerate(zip(xbs, spectra)):
+            if xb.shape[-1] != sp.block.shape[1] or (sinks is not None and sinks[i].shape[-2] != xb.shape[-2]):
+                raise ValueError(f"prepared_scan: spectral input {i} {xb.shape} does not fit spectrum {i} "
+                                 f"{sp.block.shape}; return them in the order of the spectra in the parameters")
+
     def scan_steps(spectra, rest, carry, xs, sinks):
+        parts = [None] * len(spectra) if sinks is None else [
+            (s, *spectral.transposed_halves(sp.block)) for s, sp in zip(sinks, spectra)]
+
         def body(c, inp):
             x, s = inp
-            c, y, xbs = step(rebuild(spectra, rest), c, x, s)
-            if len(xbs) != len(spectra):
-                raise ValueError(f"prepared_scan: the step returned {len(xbs)} spectral inputs for {len(spectra)} spectra")
+            sinked = None if sinks is None else [spectral.SinkedProduct(sk, *p[1:]) for sk, p in zip(s, parts)]
+            c, y, xbs = step(rebuild(spectra, rest), c, x, sinked or [None] * len(spectra))
+            check(xbs, spectra, s)
             return c, (y, xbs)
-        carry, (ys, xbs) = lax.scan(body, carry, (xs, sinks), length=steps, unroll=unroll)
+
+        sink_xs = None if sinks is None else sinks
+        carry, (ys, xbs) = lax.scan(body, carry, (xs, sink_xs), length=steps, unroll=unroll)
         return (carry, ys), xbs
 
     @jax.custom_jvp
     def run(spectra, rest, carry, xs):
-        return scan_steps(spectra, rest, carry, xs, [None] * len(spectra))[0]
+        return scan_steps(spectra, rest, carry, xs, None)[0]
 
     @run.defjvp
     def run_jvp(primals, tangents):
@@ -157,15 +176,14 @@ def _deferred_scan(step: Callable, params, carry, xs, length: int | None, unroll
         t_spectra, t_rest, t_carry, t_xs = tangents
         x0 = None if xs is None else jax.tree_util.tree_map(lambda a: a[0], xs)
         xb_shapes = jax.eval_shape(lambda: step(rebuild(spectra, rest), carry, x0, [None] * len(spectra))[2])
+        check(xb_shapes, spectra, None)
         sinks = [jnp.zeros((steps, *xb.shape[:-1], sp.block.shape[-1]), xb.dtype)
                  for xb, sp in zip(xb_shapes, spectra)]
-        out, linear, xbs = jax.linearize(lambda r, c, x, s: scan_steps(spectra, r, c, x, s), rest, carry, xs, sinks,
-                                         has_aux=True)
-        # Only the block carries the spectrum's value; re_t/im_t mirror it (see Spectrum).
+        out, linear, xbs = jax.linearize(scan_steps, spectra, rest, carry, xs, sinks, has_aux=True)
         t_sinks = [spectral.sink_tangents(xb, t.block) for xb, t in zip(xbs, t_spectra)]
-        return out, linear(t_rest, t_carry, t_xs, t_sinks)
+        return out, linear(t_spectra, t_rest, t_carry, t_xs, t_sinks)
 
-    return run([leaves[i] for i in where], [leaf for i, leaf in enumerate(leaves) if i not in where], carry, xs)
+    return run([leaves[i] for i in where], rest, carry, xs)
 
 
 def stack_scan(cells: Sequence[Cell], params: Sequence[Params], carry: Sequence[LSTMState], xs: jax.Array, *,

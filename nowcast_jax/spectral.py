@@ -51,23 +51,37 @@ MAX_POSITIONS = 24 * 24
 
 class Spectrum(NamedTuple):
     """A kernel's DFT on one grid as one real block per frequency, ``block [Fq, 2Cin, Cout]``
-    (rows: real parts of all input channels, then imaginary parts), and its real and imaginary
-    parts transposed, ``re_t``, ``im_t [Fq, Cout, Cin]``, which every step's input gradient
-    multiplies by (a transposed operand is ~4x slower in XLA:CPU's batched matmul). They are
-    functions of the kernel like ``block``, so higher derivatives see them. ``cpu_only`` marks
-    a spectrum that ``conv_impl="auto"`` made: it is used where the computation is lowered for
-    CPU, and the vendor convolution of the same kernel elsewhere."""
+    (rows: real parts of all input channels, then imaginary parts). ``cpu_only`` marks a
+    spectrum that ``conv_impl="auto"`` made: it is used where the computation is lowered for
+    CPU, and the vendor convolution of the same kernel elsewhere. ``block`` is the only
+    array: everything else is derived from it where it is needed, so a Spectrum can be
+    differentiated (or built by hand) like any other pytree."""
 
     block: jax.Array
-    re_t: jax.Array
-    im_t: jax.Array
     kernel_size: int
     cpu_only: bool = False
 
 
 jax.tree_util.register_pytree_node(
-    Spectrum, lambda s: ((s.block, s.re_t, s.im_t), (s.kernel_size, s.cpu_only)),
-    lambda aux, c: Spectrum(*c, *aux))
+    Spectrum, lambda s: ((s.block,), (s.kernel_size, s.cpu_only)), lambda aux, c: Spectrum(c[0], *aux))
+
+
+class SinkedProduct(NamedTuple):
+    """What the deferred scan hands one spectral product per step (:func:`conv_parts`): the
+    ``sink [Fq, 2B, Cout]`` added to its output, through which the spectrum's tangent enters,
+    and ``re_t``/``im_t [Fq, Cout, Cin]``, the block's two halves transposed, which the input
+    tangent multiplies by (a transposed operand is ~4x slower in XLA:CPU's batched matmul)."""
+
+    sink: jax.Array
+    re_t: jax.Array
+    im_t: jax.Array
+
+
+def transposed_halves(block: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``block [Fq, 2Cin, Cout]`` -> ``(re_t, im_t)``, each ``[Fq, Cout, Cin]`` (materialised: the
+    barrier keeps XLA from folding the transpose back into the matmuls that read them)."""
+    cin = block.shape[1] // 2
+    return tuple(jax.lax.optimization_barrier(jnp.swapaxes(half, 1, 2)) for half in (block[:, :cin], block[:, cin:]))
 
 _HI = jax.lax.Precision.HIGHEST  # full f32 where the default is lower (TPU, TF32 GPUs); CPU is exact anyway
 
@@ -115,12 +129,9 @@ def kernel_spectrum(w: jax.Array, height: int, width: int, *, cpu_only: bool = F
     taps = -(-k * k // 8) * 8
     kernel = np.pad(kernel, ((0, 0), (0, 0), (0, taps - k * k)))
     per_freq = np.ascontiguousarray(np.swapaxes(kernel, 0, 1)).reshape(-1, taps)  # rows (f, re/im)
-    pad = ((0, taps - k * k), (0, 0))
-    w = w.astype(jnp.float32)
-    block = jnp.dot(per_freq, jnp.pad(w.reshape(k * k, cin * cout), pad), precision=_HI).reshape(-1, 2 * cin, cout)
-    w_t = jnp.pad(jnp.swapaxes(w, 2, 3).reshape(k * k, cout * cin), pad)
-    re_t, im_t = (jnp.dot(kernel[p], w_t, precision=_HI).reshape(-1, cout, cin) for p in (0, 1))
-    return Spectrum(block, re_t, im_t, k, cpu_only)
+    w_taps = jnp.pad(w.astype(jnp.float32).reshape(k * k, cin * cout), ((0, taps - k * k), (0, 0)))
+    block = jnp.dot(per_freq, w_taps, precision=_HI).reshape(-1, 2 * cin, cout)
+    return Spectrum(block, k, cpu_only)
 
 
 def use_spectral(impl: str, kernel_size: int, spatial_shape, dtype) -> bool:
@@ -140,10 +151,12 @@ def spectral_conv2d(x: jax.Array, spectrum: Spectrum) -> jax.Array:
     return conv_parts(x, spectrum)[0]
 
 
-def conv_parts(x: jax.Array, spectrum: Spectrum, sink: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """:func:`spectral_conv2d` that also returns the product's input ``xb [Fq, 2B, 2Cin]`` and adds
-    ``sink [Fq, 2B, Cout]`` (when given) to the product's output ``xb @ block`` (see the module
-    docstring: the deferred-gradient scan differentiates through the sinks)."""
+def conv_parts(x: jax.Array, spectrum: Spectrum, sinked: SinkedProduct | None = None) -> tuple[jax.Array, jax.Array]:
+    """:func:`spectral_conv2d` that also returns the product's input ``xb [Fq, 2B, 2Cin]``.
+
+    With ``sinked`` (only inside the deferred scan, which made it from this spectrum's block)
+    the product's output gets ``sinked.sink`` added and its tangent leaves out the block's
+    term: the scan injects that term for all steps at once through the sink."""
     batch, height, width, cin = x.shape
     forward, _, inverse = dft_matrices(height, width, spectrum.kernel_size)
     fq = forward.shape[0]
@@ -154,9 +167,10 @@ def conv_parts(x: jax.Array, spectrum: Spectrum, sink: jax.Array | None = None) 
     x_re, x_im = xs[:, 0], xs[:, 1]
     # Real block of the complex product: [[Xr, -Xi], [Xi, Xr]] @ [Sr; Si] = [Yr; Yi].
     xb = jnp.concatenate([jnp.concatenate([x_re, -x_im], -1), jnp.concatenate([x_im, x_re], -1)], 1)
-    y = _product(xb, spectrum.block, spectrum.re_t, spectrum.im_t)  # [Fq, 2B, Cout]
-    if sink is not None:
-        y = y + sink
+    if sinked is None:
+        y = jnp.matmul(xb, spectrum.block, precision=_HI)  # [Fq, 2B, Cout]
+    else:
+        y = _sinked_product(xb, spectrum.block, sinked.re_t, sinked.im_t) + sinked.sink
     y = y.reshape(fq, 2, batch, -1)  # [Fq, re/im, B, Cout]
     inverse_fq = np.ascontiguousarray(np.swapaxes(inverse, 0, 1))  # [Fq, 2, H*W]
     out = jnp.einsum("fqs,fqbo->bso", inverse_fq, y, precision=_HI)
@@ -171,22 +185,22 @@ def sink_tangents(xbs: jax.Array, block_tangent: jax.Array) -> jax.Array:
 
 
 @jax.custom_jvp
-def _product(xb, block, re_t, im_t):
-    """``xb [Fq, 2B, 2Cin] @ block [Fq, 2Cin, Cout]``; its tangent in ``xb`` is written against
-    ``re_t``/``im_t`` so that its transpose, the input gradient, is two plain matmuls."""
+def _sinked_product(xb, block, re_t, im_t):
+    """``xb [Fq, 2B, 2Cin] @ block [Fq, 2Cin, Cout]`` inside the deferred scan. Its tangent is
+    ``t_xb @ block`` written against ``re_t``/``im_t`` (the block's transposed halves, derived
+    from it by the scan), so that its transpose, the input gradient, is two plain matmuls; the
+    block's own term ``xb @ t_block`` is left out because the scan adds it through the sink."""
     return jnp.matmul(xb, block, precision=_HI)
 
 
-@functools.partial(_product.defjvp, symbolic_zeros=True)
-def _product_jvp(primals, tangents):
+@functools.partial(_sinked_product.defjvp, symbolic_zeros=True)
+def _sinked_product_jvp(primals, tangents):
     xb, block, re_t, im_t = primals
-    t_xb, t_block, _, _ = tangents  # re_t and im_t only mirror block: their tangents add nothing
-    out = _product(xb, block, re_t, im_t)
-    t_out = jnp.zeros_like(out)
-    if not isinstance(t_xb, SymbolicZero):
-        cin = re_t.shape[-1]
-        t_out = (jnp.einsum("fbc,foc->fbo", t_xb[..., :cin], re_t, precision=_HI)
-                 + jnp.einsum("fbc,foc->fbo", t_xb[..., cin:], im_t, precision=_HI))
-    if not isinstance(t_block, SymbolicZero):
-        t_out = t_out + jnp.matmul(xb, t_block, precision=_HI)
+    t_xb = tangents[0]
+    out = _sinked_product(xb, block, re_t, im_t)
+    if isinstance(t_xb, SymbolicZero):
+        return out, jnp.zeros_like(out)
+    cin = re_t.shape[-1]
+    t_out = (jnp.einsum("fbc,foc->fbo", t_xb[..., :cin], re_t, precision=_HI)
+             + jnp.einsum("fbc,foc->fbo", t_xb[..., cin:], im_t, precision=_HI))
     return out, t_out

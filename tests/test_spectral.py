@@ -64,6 +64,7 @@ def test_prepare_adds_spectrum_only_where_it_applies():
     prepared = cell.prepare(params, (6, 6))
     assert isinstance(prepared["spectrum"], spectral.Spectrum)
     assert prepared["spectrum"].block.shape[1:] == (2 * (2 + 4), 16)  # fused kernel: Cin + F -> 4F
+    assert len(jax.tree_util.tree_leaves(prepared["spectrum"])) == 1  # the block is its only array
     assert "spectrum" not in cells.conv_lstm(4, conv_impl="direct").prepare(params, (6, 6))
     x, carry = _rand(1, (2, 6, 6, 2)), cell.initial_carry(2, (6, 6))
     got, want = cell.apply(prepared, carry, x)[1], cells.conv_lstm(4, 5, 3, conv_impl="xla").apply(params, carry, x)[1]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax import export
 
-from nowcast_jax import cells, models, rollout
+from nowcast_jax import cells, models, rollout, spectral
 from nowcast_jax.conv import conv2d_same
 
 IMPLS = ("auto", "direct", "spectral", "im2col")
@@ -34,6 +34,7 @@ def _like(tree, key, scale=1.0):
 
 def _close(got, want, rtol=2e-4, what=""):
     """Leafwise: |got - want| <= rtol * max|want| (+ tiny floor), so zeros where want is not zero fail."""
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want), what
     paths = jax.tree_util.tree_leaves_with_path(want)
     for (path, ref), g in zip(paths, jax.tree_util.tree_leaves(got)):
         ref, g = np.asarray(ref, np.float64), np.asarray(g, np.float64)
@@ -264,3 +265,34 @@ def test_multi_platform_export_keeps_the_vendor_convolution_for_cuda():
     both = export.export(fn, platforms=("cpu", "cuda"))(params, x).mlir_module()
     assert "stablehlo.convolution" not in cpu_only  # on CPU these 4x4 grids run spectrally
     assert "stablehlo.convolution" in both  # ... and the CUDA lowering keeps cuDNN's convolution
+
+
+def test_derivatives_with_respect_to_a_prepared_spectrum():
+    """A user who prepares once and differentiates w.r.t. the prepared parameters (spectrum
+    included): the deferred scan must match the same scan without deferral (remat=True runs
+    the prepared cells step by step), first and second order."""
+    stack = _stack("spectral")
+    prepared = rollout.stack_prepare(stack, rollout.stack_init(jax.random.PRNGKey(0), stack, 2), (4, 4))
+    carry = rollout.stack_initial_carry(stack, 2, (4, 4))
+    xs, r = _rand(3, (2, 3, 4, 4, 2)), _rand(4, (2, 3, 4, 4, 3))
+    out = lambda remat: (lambda p, xs: jnp.sum(rollout.stack_scan(stack, p, carry, xs, remat=remat)[1] * r))
+    grad = lambda remat: jax.jit(jax.grad(out(remat)))(prepared, xs)
+    _close(grad(False), grad(True), what="grad w.r.t. prepared params")
+    penalty = lambda remat: jax.jit(jax.grad(lambda p: jnp.sum(jax.grad(out(remat), argnums=1)(p, xs) ** 2)))(prepared)
+    _close(penalty(False), penalty(True), what="gradient penalty w.r.t. prepared params")
+
+
+def test_a_spectrum_used_outside_its_sinked_product_is_still_differentiated():
+    spec = spectral.kernel_spectrum(_rand(0, (3, 3, 2, 2)), 4, 4)
+    xs = _rand(1, (3, 1, 4, 4, 2))
+
+    def step(p, c, x, sinked):  # one sinked product plus a second, ordinary use of the same spectrum
+        y, xb = spectral.conv_parts(x + c, p["s"], sinked[0])
+        return c + y, y + spectral.spectral_conv2d(x, p["s"]), [xb]
+
+    deferred = lambda s: jnp.sum(jnp.sin(rollout.prepared_scan(step, {"s": s}, lambda p: p, jnp.zeros((1, 4, 4, 2)),
+                                                               xs)[1]))
+    plain = lambda s: jnp.sum(jnp.sin(jax.lax.scan(lambda c, x: step({"s": s}, c, x, [None])[:2],
+                                                   jnp.zeros((1, 4, 4, 2)), xs)[1]))
+    _close(jax.grad(deferred)(spec), jax.grad(plain)(spec), what="grad")
+    _close(jax.jvp(deferred, (spec,), (spec,))[1], jax.jvp(plain, (spec,), (spec,))[1], what="jvp")
