@@ -110,7 +110,8 @@ def prepared_scan(step: Callable, params, prepare: Callable, carry, xs, *, lengt
     Spectrum leaf of the prepared params (in tree order) its entry of ``sinks`` and return the
     matching product inputs ``xbs`` (see :func:`stack_step_sinks`); ``sinks`` is None when no
     deferral is wanted. With ``remat`` nothing is prepared (module docstring). Returns
-    ``(carry, ys)`` like ``lax.scan``; ``xs`` leaves are time-major.
+    ``(carry, ys)`` like ``lax.scan``; ``xs`` leaves are time-major. ``step`` must not close over
+    arrays that an outer transformation differentiates (a clear ValueError says so).
     """
     def plain(p, carry, xs):
         return scan(lambda c, x: step(p, c, x, None)[:2], carry, xs, length=length, remat=remat, unroll=unroll)
@@ -183,7 +184,11 @@ def _deferred_scan(step: Callable, params, carry, xs, length: int | None, unroll
         t_sinks = [spectral.sink_tangents(xb, t.block) for xb, t in zip(xbs, t_spectra)]
         return out, linear(t_spectra, t_rest, t_carry, t_xs, t_sinks)
 
-    return run([leaves[i] for i in where], rest, carry, xs)
+    try:
+        return run([leaves[i] for i in where], rest, carry, xs)
+    except jax.errors.UnexpectedTracerError as err:
+        raise ValueError("prepared_scan: the step closes over an array that is being transformed (e.g. "
+                         "differentiated); pass it to the step through params, carry or xs instead") from err
 
 
 def stack_scan(cells: Sequence[Cell], params: Sequence[Params], carry: Sequence[LSTMState], xs: jax.Array, *,

@@ -119,18 +119,21 @@ def test_conv_lstm_cell_all_transformations_match_lax(impl, prepared):
     _check_all(ref, (params, carry, x), got, "cell")
 
 
+def _lstm_by_hand(p, c, x):
+    """The LSTM equations written out (peepholes where the parameters have them)."""
+    z = x @ p["w_x"] + c.h @ p["w_h"] + p["b"]
+    zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+    peep = lambda name, state: p[name] * state if name in p else 0.0
+    c_new = jax.nn.sigmoid(zf + peep("w_cf", c.c)) * c.c + jax.nn.sigmoid(zi + peep("w_ci", c.c)) * jnp.tanh(zg)
+    return cells.LSTMState(c_new, jax.nn.sigmoid(zo + peep("w_co", c_new)) * jnp.tanh(c_new))
+
+
 def test_dense_lstm_cell_all_transformations_match_a_numpy_free_reference():
     """The dense cell has one path; check it against its own equations written out."""
     cell = cells.lstm(5, peepholes=True)
     params = cell.init(jax.random.PRNGKey(0), 3)
     carry, x = cells.LSTMState(_rand(1, (2, 5)), _rand(2, (2, 5))), _rand(3, (2, 3))
-
-    def by_hand(p, c, x):
-        z = x @ p["w_x"] + c.h @ p["w_h"] + p["b"]
-        zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
-        c_new = jax.nn.sigmoid(zf + p["w_cf"] * c.c) * c.c + jax.nn.sigmoid(zi + p["w_ci"] * c.c) * jnp.tanh(zg)
-        return cells.LSTMState(c_new, jax.nn.sigmoid(zo + p["w_co"] * c_new) * jnp.tanh(c_new))
-
+    by_hand = _lstm_by_hand
     _check_all(by_hand, (params, carry, x), lambda p, c, x: cell.apply(p, c, x)[0], "dense cell")
 
 
@@ -197,6 +200,24 @@ def test_the_issue_case_gradient_penalty_with_default_settings():
     got, want = jax.jit(lambda: penalty(default))(), penalty(ref)
     assert float(jnp.abs(want["encoder"][0]["w_h"]).max()) > 0
     _close(got, want, what="gradient penalty")
+
+
+@pytest.mark.parametrize("remat,unroll", [(False, 1), (True, 2)])
+def test_station_lstm_all_transformations_match_a_python_loop(remat, unroll):
+    model = models.station_lstm((6, 5), horizons=3, remat=remat, unroll=unroll)
+    params = model.init(jax.random.PRNGKey(0), 4)
+    x = _rand(1, (3, 7, 4))
+
+    def by_hand(p, x):
+        states = [cells.LSTMState(jnp.zeros((3, n)), jnp.zeros((3, n))) for n in (6, 5)]
+        for t in range(x.shape[1]):
+            h = x[:, t]
+            for layer, lp in enumerate(p["lstm"]):
+                states[layer] = _lstm_by_hand(lp, states[layer], h)
+                h = states[layer].h
+        return h @ p["head"]["w"] + p["head"]["b"]
+
+    _check_all(by_hand, (params, x), lambda p, x: model.apply(p, x)["value"], ("station", remat, unroll))
 
 
 # --------------------------------------------------------------------------- user scan bodies, bf16, export
@@ -296,3 +317,17 @@ def test_a_spectrum_used_outside_its_sinked_product_is_still_differentiated():
                                                    jnp.zeros((1, 4, 4, 2)), xs)[1]))
     _close(jax.grad(deferred)(spec), jax.grad(plain)(spec), what="grad")
     _close(jax.jvp(deferred, (spec,), (spec,))[1], jax.jvp(plain, (spec,), (spec,))[1], what="jvp")
+
+
+def test_a_step_closing_over_a_differentiated_array_is_refused_clearly():
+    spec = spectral.kernel_spectrum(_rand(0, (3, 3, 2, 2)), 4, 4)
+    xs = _rand(1, (3, 1, 4, 4, 2))
+
+    def f(scale):
+        def step(p, c, x, sinked):
+            y, xb = spectral.conv_parts(x * scale + c, p["s"], sinked[0])
+            return c + y, y, [xb]
+        return jnp.sum(rollout.prepared_scan(step, {"s": spec}, lambda p: p, jnp.zeros((1, 4, 4, 2)), xs)[1])
+
+    with pytest.raises(ValueError, match="closes over an array that is being transformed"):
+        jax.grad(f)(2.0)
