@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from nowcast_jax import spectral
-from nowcast_jax.conv import conv2d_same, same_padding
+from nowcast_jax.conv import IMPLS, conv2d_same, same_padding
 
 Params = dict[str, jax.Array]
 
@@ -144,6 +144,8 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
     F = int(hidden_channels)
     if F <= 0 or kernel_x <= 0 or kernel_h <= 0:
         raise ValueError(f"conv_lstm: hidden_channels and kernel sizes must be positive; got {F}, {kernel_x}, {kernel_h}")
+    if conv_impl not in IMPLS:
+        raise ValueError(f"conv_lstm: unknown conv_impl {conv_impl!r}; choose one of {IMPLS}")
     pshape = (F,) if peephole_shape is None else (*tuple(peephole_shape), F)
 
     def init(key: jax.Array, in_channels: int) -> Params:

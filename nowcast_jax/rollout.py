@@ -6,9 +6,10 @@ pass instead of stored), ``unroll`` is passed to ``lax.scan``.
 
 Cells are prepared once per sequence (``Cell.prepare``: e.g. a kernel's spectrum) outside
 the scan. When prepared parameters hold spectra, :func:`prepared_scan` defers their
-tangents: a ``custom_jvp`` whose rule linearizes the scan with the spectra held fixed and
-lets each spectrum's tangent enter every step's product through a per-step sink, computed
-for all steps at once outside the scan (:func:`nowcast_jax.spectral.sink_tangents`).
+tangents: a ``custom_jvp`` whose rule linearizes the scan with each spectral product's block
+term left out and lets each spectrum's tangent enter every step's product through a
+per-step sink instead, computed for all steps at once outside the scan
+(:func:`nowcast_jax.spectral.sink_tangents`).
 Transposed for reverse mode, the spectrum gradient of the whole sequence is then one large
 batched matmul per layer after the backward scan, not a large accumulation at every step.
 Being a JVP rule written in plain JAX, it is exact for every transformation (forward mode,
@@ -64,14 +65,15 @@ def stack_step(cells: Sequence[Cell], params: Sequence[Params], carry: Sequence[
 
 
 def stack_step_sinks(cells: Sequence[Cell], params: Sequence[Params], carry: Sequence[LSTMState], x: jax.Array,
-                     sinks: Sequence[jax.Array] | None) -> tuple[list[LSTMState], list[jax.Array], list[jax.Array]]:
+                     sinks: Sequence | None) -> tuple[list[LSTMState], list[jax.Array], list[jax.Array]]:
     """:func:`stack_step` for :func:`prepared_scan`: layers whose ``params`` hold a spectrum take
-    the next of ``sinks`` (None: no sinks) and return their product input ``xb``, in layer order."""
+    the next of ``sinks`` (a :class:`nowcast_jax.spectral.SinkedProduct` or None; ``sinks=None``:
+    plain ``apply``) and return their product input ``xb``, in layer order."""
     if len(params) != len(cells) or len(carry) != len(cells):
         raise ValueError(f"stack_step: {len(cells)} cells but {len(params)} parameter sets and {len(carry)} states")
     new_carry, outputs, xbs = [], [], []
     for cell, p, c in zip(cells, params, carry):
-        if sinks is not None and isinstance(p.get("spectrum") if isinstance(p, dict) else None, spectral.Spectrum):
+        if sinks is not None and isinstance(p.get("spectrum"), spectral.Spectrum):
             c, x, xb = cell.apply_with_sink(p, c, x, sinks[len(xbs)])
             xbs.append(xb)
         else:
@@ -118,12 +120,12 @@ def prepared_scan(step: Callable, params, prepare: Callable, carry, xs, *, lengt
 
     if remat:
         return plain(params, carry, xs)
-    prepared = prepare(params)
-    spectra = [leaf for leaf in jax.tree_util.tree_leaves(prepared, is_leaf=_is_spectrum) if _is_spectrum(leaf)]
+    shapes = jax.eval_shape(prepare, params)  # which spectra there will be, without computing them
+    spectra = [leaf for leaf in jax.tree_util.tree_leaves(shapes, is_leaf=_is_spectrum) if _is_spectrum(leaf)]
     if not spectra:
-        return plain(prepared, carry, xs)
+        return plain(params, carry, xs)
     if not any(sp.cpu_only for sp in spectra):
-        return _deferred_scan(step, prepared, carry, xs, length, unroll)
+        return _deferred_scan(step, prepare(params), carry, xs, length, unroll)
     return lax.platform_dependent(params, carry, xs, default=plain,
                                   cpu=lambda p, c, x: _deferred_scan(step, prepare(p), c, x, length, unroll))
 
@@ -153,18 +155,18 @@ def _deferred_scan(step: Callable, params, carry, xs, length: int | None, unroll
                                  f"{sp.block.shape}; return them in the order of the spectra in the parameters")
 
     def scan_steps(spectra, rest, carry, xs, sinks):
-        parts = [None] * len(spectra) if sinks is None else [
-            (s, *spectral.transposed_halves(sp.block)) for s, sp in zip(sinks, spectra)]
+        """The scan; with ``sinks`` (stacked over time, one per spectrum) the products are sinked."""
+        halves = None if sinks is None else [spectral.transposed_halves(sp.block) for sp in spectra]
 
         def body(c, inp):
             x, s = inp
-            sinked = None if sinks is None else [spectral.SinkedProduct(sk, *p[1:]) for sk, p in zip(s, parts)]
-            c, y, xbs = step(rebuild(spectra, rest), c, x, sinked or [None] * len(spectra))
+            sinked = ([None] * len(spectra) if s is None
+                      else [spectral.SinkedProduct(sink, *h) for sink, h in zip(s, halves)])
+            c, y, xbs = step(rebuild(spectra, rest), c, x, sinked)
             check(xbs, spectra, s)
             return c, (y, xbs)
 
-        sink_xs = None if sinks is None else sinks
-        carry, (ys, xbs) = lax.scan(body, carry, (xs, sink_xs), length=steps, unroll=unroll)
+        carry, (ys, xbs) = lax.scan(body, carry, (xs, sinks), length=steps, unroll=unroll)
         return (carry, ys), xbs
 
     @jax.custom_jvp

@@ -168,3 +168,14 @@ def test_format_table():
     lines = text.splitlines()
     assert lines[0].split() == ["forecaster", "score", "lead1", "lead2"]
     assert lines[2].split() == ["model", "csi_0.5", "0.5", "0.25"]
+
+
+def test_bad_model_value_of_the_precip_task_is_one_error_line(tmp_path, capsys):
+    workdir = tmp_path / "w"
+    config = Path(__file__).resolve().parents[1] / "configs" / "precip_moving_mnist.py"
+    argv = ["train", "--config", f"{config}:tiny", "--workdir", str(workdir),
+            "--config.model.conv_impl=fft"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config.model: conv_lstm: unknown conv_impl 'fft'") and err.count("\n") == 1
+    assert not workdir.exists()

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nowcast_jax import losses, models
+from nowcast_jax.config import ConfigError
 from nowcast_jax.tasks import precip_data, precip_report
 
 MODEL_KEYS = ("patch_size", "hidden", "kernel_x", "kernel_h", "peepholes", "peephole_shape", "forget_bias",
@@ -41,7 +42,11 @@ def build_model(model_cfg) -> models.Model:
     kwargs = {k: model_cfg[k] for k in MODEL_KEYS if k in model_cfg}
     kwargs["hidden"] = tuple(int(h) for h in kwargs["hidden"])
     dtype = model_cfg.get("compute_dtype", "")
-    return models.encoder_forecaster(frame_channels=1, compute_dtype=jnp.dtype(dtype) if dtype else None, **kwargs)
+    try:
+        return models.encoder_forecaster(frame_channels=1, compute_dtype=jnp.dtype(dtype) if dtype else None,
+                                         **kwargs)
+    except (ValueError, TypeError) as err:  # a model.* value the model refuses: a config error, named
+        raise ConfigError(f"config.model: {err}") from None
 
 
 class PrecipTask:
