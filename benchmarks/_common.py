@@ -24,7 +24,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # Keras 3 peers run on JAX
 # Benchmarks time our steps the way the CLI runs them: with the host-allocator setting the CLI
 # makes for its own process (nowcast_jax/runtime.py; NOWCAST_JAX_HOST_ALLOCATOR=default opts out).
 # It must run before the first JAX computation, so every script imports this module first.
-from nowcast_jax import runtime as _runtime  # noqa: E402  (stdlib only: does not import jax)
+from nowcast_jax.engine import runtime as _runtime  # noqa: E402  (stdlib only: does not import jax)
 
 HOST_ALLOCATOR_TUNED = _runtime.tune_host_allocator()
 

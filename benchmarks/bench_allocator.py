@@ -1,7 +1,7 @@
 """The host-allocator setting of nowcast_jax/runtime.py (what the CLI applies to its process).
 
 The setting is process-wide, so it cannot be compared inside one process: each
-configuration runs in a FRESH subprocess that calls ``nowcast_jax.runtime.tune_host_allocator()``
+configuration runs in a FRESH subprocess that calls ``nowcast_jax.engine.runtime.tune_host_allocator()``
 before any JAX work, with ``NOWCAST_JAX_HOST_ALLOCATOR=tuned`` (applied) or ``default`` (the
 call changes nothing), the two alternating over ``--reps`` rounds. Each subprocess times the
 ConvLSTM training step of bench_convlstm (10 -> 10, batch 8) for both convolution paths
@@ -25,8 +25,8 @@ import _common  # noqa: E402
 
 CHILD = r"""
 import json, resource, statistics, sys, time
-import nowcast_jax.runtime
-applied = nowcast_jax.runtime.tune_host_allocator()  # first, before JAX; NOWCAST_JAX_HOST_ALLOCATOR=default: no-op
+import nowcast_jax.engine.runtime
+applied = nowcast_jax.engine.runtime.tune_host_allocator()  # first, before JAX; NOWCAST_JAX_HOST_ALLOCATOR=default: no-op
 import jax, jax.numpy as jnp
 sys.path.insert(0, sys.argv[2])
 import peers_convlstm as peers
@@ -75,7 +75,7 @@ def main():
             every = ", ".join(f"{x[impl]['s']:.2f}" for x in results[s])
             faults = ", ".join(f"{x[impl]['faults']:.0f}" for x in results[s])
             rows.append([f"conv_impl={impl}", s, best[s], every, faults, r["sys"], best[s] / best["tuned"]])
-    print(_common.header("Host allocator: training step with and without nowcast_jax.runtime's setting",
+    print(_common.header("Host allocator: training step with and without nowcast_jax.engine.runtime's setting",
                          {"timing": f"fresh subprocess per setting, alternating, {args.reps} reps; per rep the "
                                     f"median of {args.runs} steps after 2 warm-ups; the best rep is shown",
                           "applied": str({s: results[s][0]["applied"] for s in results})}))

@@ -1,6 +1,6 @@
 """Where the spectral convolution stops paying: training step, spectral vs direct, by grid.
 
-The ``conv_impl="auto"`` threshold (``nowcast_jax.spectral.MAX_POSITIONS``) comes from this
+The ``conv_impl="auto"`` threshold (``nowcast_jax._spectral.MAX_POSITIONS``) comes from this
 table. Workload as in bench_convlstm (2x64 + 2x64 ConvLSTM, 5x5, batch 8, 10 -> 10, 4x4
 patches) with frames of 64, 80, 96 and 128 pixels, i.e. patched grids of 16, 20, 24 and 32.
 Per grid, both paths are timed in the same process, interleaved.

@@ -9,7 +9,7 @@ convolution each over all ``B*T`` images at once (forward + both gradients, each
 implementation, the best one counts), and the equivalent plain matmuls (im2col shape
 ``[B*T*H*W, kh*kw*Cin] x [kh*kw*Cin, 4F]``, three per layer) as the dense-GEMM limit.
 
-The default CPU path is spectral (``nowcast_jax.spectral``), which does about a quarter of
+The default CPU path is spectral (``nowcast_jax._spectral``), which does about a quarter of
 the direct convolution's multiply-adds. Its GFLOP/s are therefore *direct-convolution
 equivalent* (direct FLOPs / time) and its share of the roofline can exceed 100 %; the
 step with ``conv_impl="direct"`` is the like-for-like row.

@@ -21,7 +21,7 @@ Variants: ``cpu`` (trains on a 2-core CPU in about 20 minutes; see
 
 import ml_collections
 
-from nowcast_jax.train import default_engine_config
+from nowcast_jax.engine.state import default_engine_config
 
 HKO7_THRESHOLDS = (0.5, 2.0, 5.0, 10.0, 30.0)
 HKO7_WEIGHTS = (1.0, 1.0, 2.0, 5.0, 10.0, 30.0)

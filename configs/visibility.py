@@ -20,13 +20,13 @@ Variants:
 Another station file: only ``--config.data.*`` overrides, e.g.
 ``--config.data.path=obs.csv --config.data.time_column=valid --config.data.station_column=""
 --config.data.columns.visibility=vsby --config.data.units.visibility=km ...``
-(``data`` mirrors the keywords of ``nowcast_jax.data.station.load_station_dataset``).
+(``data`` mirrors the keywords of ``nowcast_jax.visibility.dataset.load_station_dataset``).
 """
 
 import ml_collections
 
-from nowcast_jax.data.station_io import DEFAULT_VALID_RANGES, nycflights13_defaults
-from nowcast_jax.train import default_engine_config
+from nowcast_jax.visibility.readers import DEFAULT_VALID_RANGES, nycflights13_defaults
+from nowcast_jax.engine.state import default_engine_config
 
 VARIANTS = ("mlp", "fog", "fog2", "tiny")
 

@@ -23,9 +23,9 @@ import jax
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nowcast_jax import config as config_lib  # noqa: E402
-from nowcast_jax import train as engine  # noqa: E402
-from nowcast_jax.tasks import precip  # noqa: E402
+from nowcast_jax.engine import config as config_lib  # noqa: E402
+from nowcast_jax.engine import state as engine  # noqa: E402
+from nowcast_jax.precip import task as precip  # noqa: E402
 
 
 def train_for(task, config, seconds: float, log_every: int = 25):

@@ -2,7 +2,7 @@
 
     JAX_PLATFORMS=cpu python experiments/radar.py --workdir /tmp/radar_cpu --max-minutes 18
 
-Trains ``configs/precip_radar.py:cpu`` with the engine's loop (``nowcast_jax.loop.train``,
+Trains ``configs/precip_radar.py:cpu`` with the engine's loop (``nowcast_jax.engine.loop.train``,
 the same as ``nowcast-jax train``; checkpoints in ``--workdir``, resumable) on the MeteoSwiss
 events 2015-05-15 and 2016-07-11 of the shared data, stopping cleanly (SIGTERM -> checkpoint)
 after ``--max-minutes`` if ``train.steps`` is not reached, then scores the final parameters on
@@ -28,9 +28,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nowcast_jax import config as config_lib  # noqa: E402
-from nowcast_jax import loop  # noqa: E402
-from nowcast_jax.tasks import precip  # noqa: E402
+from nowcast_jax.engine import config as config_lib  # noqa: E402
+from nowcast_jax.engine import loop  # noqa: E402
+from nowcast_jax.precip import task as precip  # noqa: E402
 
 FORECASTERS = ("model", "persistence", "optical_flow")
 

@@ -30,9 +30,10 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from nowcast_jax import config as config_lib  # noqa: E402
-from nowcast_jax import loop, metrics  # noqa: E402
-from nowcast_jax.tasks import visibility as vis  # noqa: E402
+from nowcast_jax.engine import config as config_lib  # noqa: E402
+from nowcast_jax import metrics  # noqa: E402
+from nowcast_jax.engine import loop
+from nowcast_jax.visibility import task as vis  # noqa: E402
 
 CONFIG = str(REPO / "configs" / "visibility.py")
 

@@ -56,11 +56,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import visibility as V  # noqa: E402  (experiments/visibility.py)
-from nowcast_jax import config as config_lib  # noqa: E402
-from nowcast_jax import loop, metrics  # noqa: E402
-from nowcast_jax.tasks import visibility as vis  # noqa: E402
-from nowcast_jax.tasks import visibility_report as report  # noqa: E402
-from nowcast_jax.tasks.visibility_events import (  # noqa: E402
+from nowcast_jax.engine import config as config_lib  # noqa: E402
+from nowcast_jax import metrics  # noqa: E402
+from nowcast_jax.engine import loop
+from nowcast_jax.visibility import task as vis  # noqa: E402
+from nowcast_jax.visibility import scores as report  # noqa: E402
+from nowcast_jax.visibility.events import (  # noqa: E402
     calibrate_cut, choose_cut_on_validation, decide_events)
 
 OUT = HERE / "out" / "vis_folds"

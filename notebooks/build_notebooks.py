@@ -103,7 +103,7 @@ print("loss", float(loss))
 print("grad norm of the first encoder layer:", norms["encoder"][0])
 """),
     md("""
-A few steps of plain gradient descent, written by hand (the engine in `nowcast_jax.train`
+A few steps of plain gradient descent, written by hand (the engine in `nowcast_jax.engine.state`
 does the same with optax, checkpoints and sharding):
 """),
     code("""
@@ -156,12 +156,12 @@ print("bf16 ops in the compiled program:", hlo.count("bf16") > 0)
 """),
     md("""
 The cells also take `compute_dtype` directly, e.g. `cells.lstm(64, compute_dtype=jnp.bfloat16)`,
-and the Flax wrappers in `nowcast_jax.flax` pass it through.
+and the Flax wrappers in `nowcast_jax.linen` pass it through.
 """),
     md("""
 ## 5. The same model as a Flax NNX module
 
-`nowcast_jax.nnx_modules` wraps the functional models as `nnx.Module`s: the module holds the
+`nowcast_jax.nnx` wraps the functional models as `nnx.Module`s: the module holds the
 functional parameter pytree with every array an `nnx.Param`, and its `__call__` runs the same
 `model.apply`. So the usual NNX workflow applies: `nnx.Rngs` to initialise, `nnx.Optimizer`
 and `nnx.jit` to train, and `pure_params()` / `from_params(...)` to move between the APIs.
@@ -170,7 +170,7 @@ and `nnx.jit` to train, and `pure_params()` / `from_params(...)` to move between
 import optax
 from flax import nnx
 
-from nowcast_jax import nnx_modules
+from nowcast_jax import nnx as nnx_modules
 
 ef_kwargs = dict(frame_channels=1, patch_size=2, hidden=(4, 4), kernel_x=3, kernel_h=3)
 net = nnx_modules.EncoderForecaster((H, W, C), rngs=nnx.Rngs(3), **ef_kwargs)
@@ -224,8 +224,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from nowcast_jax import config as config_lib, loop, workdir as workdir_lib
-from nowcast_jax.tasks import precip
+from nowcast_jax.engine import config as config_lib
+from nowcast_jax.engine import loop
+from nowcast_jax.engine import workdir as workdir_lib
+from nowcast_jax.precip import task as precip
 
 steps = int(os.environ.get("NOWCAST_NB_STEPS", "300"))
 workdir = Path(os.environ.get("NOWCAST_NB_WORKDIR", "runs/precip_quickstart"))
@@ -307,8 +309,9 @@ from pathlib import Path
 
 from IPython.display import Image, display
 
-from nowcast_jax import config as config_lib, loop
-from nowcast_jax.tasks import visibility
+from nowcast_jax.engine import config as config_lib
+from nowcast_jax.engine import loop
+from nowcast_jax.visibility import task as visibility
 
 steps = int(os.environ.get("NOWCAST_NB_STEPS", "300"))
 workdir = Path(os.environ.get("NOWCAST_NB_WORKDIR", "runs/visibility_quickstart"))

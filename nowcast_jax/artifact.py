@@ -1,6 +1,6 @@
 """Load and run an exported forecaster with nothing but ``jax`` and ``json``.
 
-An artifact is two files written by :func:`nowcast_jax.export.export_forecaster`::
+An artifact is two files written by :func:`nowcast_jax.engine.export.export_forecaster`::
 
     forecaster.jaxexport        serialized ``jax.export.Exported`` (StableHLO + weights)
     forecaster.jaxexport.json   the sidecar: input/output spec, units, time step, ...
@@ -26,8 +26,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-FORMAT = "nowcast_jax.export/1"
+FORMAT = "nowcast_jax.engine.export/1"
 SIDECAR_SUFFIX = ".json"
+
+
+class ServeError(ValueError):
+    """New input data does not fit the forecaster's sidecar; the message says why and what fits."""
 
 
 class ArtifactError(ValueError):

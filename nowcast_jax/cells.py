@@ -33,7 +33,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from nowcast_jax import spectral
+from nowcast_jax import _spectral as spectral
 from nowcast_jax.conv import IMPLS, conv2d_same, same_padding
 
 Params = dict[str, jax.Array]
@@ -171,7 +171,7 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
 
     def prepare(params: Params, spatial_shape: Sequence[int]) -> Params:
         """Add ``"spectrum"`` (the fused kernel's DFT on this grid) when the spectral
-        convolution applies (see :func:`nowcast_jax.spectral.use_spectral`); else unchanged.
+        convolution applies (see :func:`nowcast_jax._spectral.use_spectral`); else unchanged.
         With ``conv_impl="auto"`` the spectrum is used only where the computation is lowered
         for CPU (elsewhere ``apply`` runs the vendor convolution of the same kernel)."""
         if "spectrum" in params:
@@ -211,7 +211,7 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
 
     def apply_with_sink(params: Params, carry: LSTMState, x: jax.Array, sinked):
         """``apply`` through the spectrum (which ``params`` must hold) and ``sinked`` (None, or a
-        :class:`nowcast_jax.spectral.SinkedProduct`); returns ``(LSTMState, h, xb [Fq, 2B, 2(Cin + F)])``."""
+        :class:`nowcast_jax._spectral.SinkedProduct`); returns ``(LSTMState, h, xb [Fq, 2B, 2(Cin + F)])``."""
         z, xb = spectral.conv_parts(stacked_input(params, carry, x), params["spectrum"], sinked)
         state = _lstm_update(z.astype(carry.c.dtype) + params["b"], carry.c, params)
         return state, state.h, xb

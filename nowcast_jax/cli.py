@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from nowcast_jax import config as config_lib
+from nowcast_jax.engine import config as config_lib
 from nowcast_jax.metrics import json_safe
-from nowcast_jax.workdir import TASKS, WorkdirError, load_task, restore_params, stored_config  # noqa: F401 (re-exported for scripts)
+from nowcast_jax.engine.workdir import WorkdirError, load_task, restore_params, stored_config
 
 
 
@@ -35,13 +35,13 @@ def configure_runtime() -> None:
     """Process-wide runtime settings, applied before JAX computes anything (XLA flags etc.).
 
     The CLI owns its process, so it tunes the host allocator here
-    (:func:`nowcast_jax.runtime.tune_host_allocator`; ``NOWCAST_JAX_HOST_ALLOCATOR=default``
+    (:func:`nowcast_jax.engine.runtime.tune_host_allocator`; ``NOWCAST_JAX_HOST_ALLOCATOR=default``
     opts out, another value is a user error). Add CPU/GPU speed flags here too (e.g. append
     to ``XLA_FLAGS`` with ``os.environ.setdefault``) so that every subcommand gets them.
-    Multi-host runs call ``jax.distributed.initialize()`` here (see ``nowcast_jax.train``'s
+    Multi-host runs call ``jax.distributed.initialize()`` here (see ``nowcast_jax.engine.state``'s
     module docstring) when ``NOWCAST_JAX_DISTRIBUTED=1``.
     """
-    from nowcast_jax import runtime
+    from nowcast_jax.engine import runtime
 
     try:
         runtime.tune_host_allocator()
@@ -91,7 +91,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def run_train(args, overrides: list[str]) -> int:
     config = resolve_config(args.config, args.workdir, overrides)
     task = load_task(config)
-    from nowcast_jax import loop
+    from nowcast_jax.engine import loop
 
     try:
         result = loop.train(config, args.workdir, task)
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # engine config / checkpoint errors: a message, no traceback wall
-        from nowcast_jax.checkpoint import CheckpointError
-        from nowcast_jax.train import EngineConfigError
+        from nowcast_jax.engine.checkpoint import CheckpointError
+        from nowcast_jax.engine.state import EngineConfigError
 
         if isinstance(err, EngineConfigError):
             print(f"error: {err}", file=sys.stderr)
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # ------------------------------------------------------------------------------ export / predict
 # (issue 7) Both ask the task for its raw-units forecaster via the optional Task method
-# ``export_spec(params) -> (fn, input_specs, sidecar)``; see nowcast_jax.export.export_task.
+# ``export_spec(params) -> (fn, input_specs, sidecar)``; see nowcast_jax.engine.export.export_task.
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="artifact file, e.g. forecaster.jaxexport "
@@ -202,7 +202,7 @@ def _task_forecaster(args, overrides: list[str]):
     """(config, step, fn, input_specs, sidecar) of the workdir's best (or --step) checkpoint."""
     import jax
 
-    from nowcast_jax import export as export_lib
+    from nowcast_jax.engine import export as export_lib
 
     config = config_lib.apply_overrides(stored_config(args.workdir), overrides)
     task = load_task(config)
@@ -218,7 +218,7 @@ def _task_forecaster(args, overrides: list[str]):
 
 
 def run_export(args, overrides: list[str]) -> int:
-    from nowcast_jax import export as export_lib
+    from nowcast_jax.engine import export as export_lib
 
     _, step, fn, specs, sidecar = _task_forecaster(args, overrides)
     try:
@@ -245,9 +245,29 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
                         "still feed neighbour-station features)")
 
 
+def serve(forecast, sidecar: dict, args) -> list[Path]:
+    """Hand ``forecast`` to the serving path of the application that wrote ``sidecar``
+    (``sidecar["kind"]``): radar folders -> forecast files, station CSVs -> a forecasts CSV."""
+    from nowcast_jax.artifact import ServeError
+
+    kind = sidecar.get("kind")
+    stations = [s.strip() for s in args.stations.split(",") if s.strip()] or None
+    if kind == "radar":
+        from nowcast_jax.precip import serve as precip_serve
+
+        if stations:
+            raise ServeError("--stations applies to station forecasters; this one is a radar forecaster")
+        return precip_serve.forecast_radar(forecast, sidecar, args.input, args.out, png=not args.no_png)
+    if kind == "station":
+        from nowcast_jax.visibility import serve as visibility_serve
+
+        return visibility_serve.forecast_station(forecast, sidecar, args.input, args.out, stations=stations)
+    raise ServeError(f"the forecaster's sidecar has kind={kind!r}; predict knows 'radar' and 'station' "
+                     "(the application's export must set sidecar['kind'])")
+
+
 def run_predict(args, overrides: list[str]) -> int:
     from nowcast_jax import artifact as artifact_lib
-    from nowcast_jax import predict as predict_lib
 
     try:
         if args.artifact is not None:
@@ -255,15 +275,13 @@ def run_predict(args, overrides: list[str]) -> int:
                 raise CLIError("--config.KEY=VALUE overrides only apply with --workdir")
             forecast, sidecar = artifact_lib.load_artifact(args.artifact)
         else:
-            from nowcast_jax import export as export_lib
+            from nowcast_jax.engine import export as export_lib
 
             _, _, fn, specs, sidecar = _task_forecaster(args, overrides)
             exported, sidecar = export_lib.build(fn, specs, sidecar)
             forecast = lambda *xs: exported.call(*artifact_lib.check_inputs(sidecar, xs))  # noqa: E731
-        stations = [s.strip() for s in args.stations.split(",") if s.strip()] or None
-        written = predict_lib.predict(forecast, sidecar, args.input, args.out, png=not args.no_png,
-                                      stations=stations)
-    except (predict_lib.PredictError, artifact_lib.ArtifactError) as err:
+        written = serve(forecast, sidecar, args)
+    except (artifact_lib.ServeError, artifact_lib.ArtifactError) as err:
         raise CLIError(str(err)) from err
     for path in written:
         print(f"wrote {path}")

@@ -11,14 +11,14 @@ supporting every JAX transformation (``grad`` to any order, ``jvp``/``jacfwd``/`
   Autodiff's own weight-gradient convolution contracts over batch and space, which XLA:CPU
   runs ~20x slower inside a ``lax.scan``. Being bilinear, its JVP is two more convolutions,
   so forward mode works too.
-* ``"spectral"``: :mod:`nowcast_jax.spectral` (DFT-domain products; a recurrent cell
+* ``"spectral"``: :mod:`nowcast_jax._spectral` (DFT-domain products; a recurrent cell
   precomputes the kernel's spectrum once per sequence in ``Cell.prepare``).
 * ``"im2col"``: im2col + matmul, plain autodiff. ``"xla"``: ``lax.conv_general_dilated``.
 * ``"auto"`` (default): chosen per *lowering platform* with ``lax.platform_dependent``:
   ``"direct"`` when the computation is lowered for CPU, the vendor convolution (cuDNN, the
   TPU conv unit) elsewhere. A multi-platform export therefore keeps the vendor convolution
   in its CUDA/TPU lowering. (Recurrent cells additionally use ``"spectral"`` on CPU where it
-  applies; see :func:`nowcast_jax.spectral.use_spectral`.)
+  applies; see :func:`nowcast_jax._spectral.use_spectral`.)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from nowcast_jax import spectral
+from nowcast_jax import _spectral as spectral
 
 IMPLS = ("auto", "direct", "im2col", "xla", "spectral")
 

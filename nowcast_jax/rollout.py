@@ -9,7 +9,7 @@ the scan. When prepared parameters hold spectra, :func:`prepared_scan` defers th
 tangents: a ``custom_jvp`` whose rule linearizes the scan with each spectral product's block
 term left out and lets each spectrum's tangent enter every step's product through a
 per-step sink instead, computed for all steps at once outside the scan
-(:func:`nowcast_jax.spectral.sink_tangents`).
+(:func:`nowcast_jax._spectral.sink_tangents`).
 Transposed for reverse mode, the spectrum gradient of the whole sequence is then one large
 batched matmul per layer after the backward scan, not a large accumulation at every step.
 Being a JVP rule written in plain JAX, it is exact for every transformation (forward mode,
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from nowcast_jax import spectral
+from nowcast_jax import _spectral as spectral
 from nowcast_jax.cells import Cell, LSTMState, Params
 
 
@@ -67,7 +67,7 @@ def stack_step(cells: Sequence[Cell], params: Sequence[Params], carry: Sequence[
 def stack_step_sinks(cells: Sequence[Cell], params: Sequence[Params], carry: Sequence[LSTMState], x: jax.Array,
                      sinks: Sequence | None) -> tuple[list[LSTMState], list[jax.Array], list[jax.Array]]:
     """:func:`stack_step` for :func:`prepared_scan`: layers whose ``params`` hold a spectrum take
-    the next of ``sinks`` (a :class:`nowcast_jax.spectral.SinkedProduct` or None; ``sinks=None``:
+    the next of ``sinks`` (a :class:`nowcast_jax._spectral.SinkedProduct` or None; ``sinks=None``:
     plain ``apply``) and return their product input ``xb``, in layer order."""
     if len(params) != len(cells) or len(carry) != len(cells):
         raise ValueError(f"stack_step: {len(cells)} cells but {len(params)} parameter sets and {len(carry)} states")

@@ -60,7 +60,7 @@ def train_log(workdir) -> list[dict]:
 
 
 def toy_config(variant=None, **overrides):
-    from nowcast_jax import config as config_lib
+    from nowcast_jax.engine import config as config_lib
 
     return config_lib.apply_overrides(config_lib.load_config(TOY + (f":{variant}" if variant else "")),
                                       {k: str(v) for k, v in overrides.items()})
@@ -70,10 +70,12 @@ def restore_state(workdir, step=None, config=None, mesh=None):
     """Restore a toy checkpoint of ``workdir`` in this process (on one device by default)."""
     import jax
 
-    from nowcast_jax import checkpoint, cli, train
+    from nowcast_jax.engine import checkpoint
+    from nowcast_jax.engine import workdir as workdir_lib
+    from nowcast_jax.engine import state as train
 
-    config = config or cli.stored_config(Path(workdir))
-    task = cli.load_task(config)
+    config = config or workdir_lib.stored_config(Path(workdir))
+    task = workdir_lib.load_task(config)
     mesh = mesh or train.make_mesh(jax.devices()[:1])
     tx, _ = train.optimizer_from_config(config.train)
     with checkpoint.CheckpointManager(Path(workdir) / "checkpoints", async_save=False) as manager:

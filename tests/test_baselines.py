@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nowcast_jax.precip import decode
 from nowcast_jax import baselines
 
 
@@ -74,11 +75,10 @@ def test_optical_flow_without_rain_is_zero_motion():
 
 @pytest.mark.data
 def test_optical_flow_on_real_meteoswiss(radar_dir):
-    from nowcast_jax.data import radar
 
     paths = sorted((radar_dir / "mch" / "20160711").glob("*.gif"))[:8]
     kwargs = {"product": "AQC", "unit": "mm", "accutime": 5.0}
-    rain = radar.decode_event([str(p) for p in paths], "mch_gif", kwargs, downsample_factor=2)  # [8, 320, 355]
+    rain = decode.decode_event([str(p) for p in paths], "mch_gif", kwargs, downsample_factor=2)  # [8, 320, 355]
     inputs, truth = rain[:5], rain[5:]
     fcst = baselines.optical_flow(inputs, 3)
     assert fcst.shape == (3, 320, 355)

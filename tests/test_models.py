@@ -8,7 +8,7 @@ import jax.test_util
 import numpy as np
 import pytest
 
-from nowcast_jax import models, rollout
+from nowcast_jax import cells, models, rollout
 
 TINY = dict(frame_channels=1, patch_size=2, hidden=(3, 2), kernel_x=3, kernel_h=3)
 
@@ -168,7 +168,7 @@ def test_station_lstm_equals_loop_and_mlp_equals_numpy():
     params = model.init(jax.random.PRNGKey(0), 5)
     x = jax.random.normal(jax.random.PRNGKey(1), (6, 7, 5))
     out = model.apply(params, x)
-    stack = [models.cells_lib.lstm(4), models.cells_lib.lstm(3)]
+    stack = [cells.lstm(4), cells.lstm(3)]
     states = rollout.stack_initial_carry(stack, 6)
     for t in range(7):
         h = x[:, t]

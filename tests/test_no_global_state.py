@@ -1,6 +1,6 @@
 """Library code leaves process-global state alone: no matplotlib backend switch, no pyplot.
 
-(The allocator side of the same rule, "nothing at import", is in tests/test_runtime.py.)
+(The allocator side of the same rule, "nothing at import", is in tests/engine/test_runtime.py.)
 """
 
 import ast
@@ -52,12 +52,12 @@ from pathlib import Path
 import matplotlib
 matplotlib.use("svg")  # the caller's choice, which a library call must not change
 import numpy as np
-from nowcast_jax import predict
-from nowcast_jax.tasks import precip_report, visibility_report as vr
+from nowcast_jax.precip import plots as precip_plots
+from nowcast_jax.visibility import plots as vr
 out, rng = Path(sys.argv[1]), np.random.default_rng(0)
-paths = [predict.plot_radar(rng.gamma(1, 2, (3, 8, 8)), rng.gamma(1, 2, (2, 8, 8)), out / "radar.png", step=5)]
+paths = [precip_plots.plot_radar(rng.gamma(1, 2, (3, 8, 8)), rng.gamma(1, 2, (2, 8, 8)), out / "radar.png", step=5)]
 batch = {"inputs": rng.random((1, 2, 8, 8, 1)), "targets": rng.random((1, 2, 8, 8, 1))}
-paths.append(precip_report.plot_strip(batch, {"model": rng.random((1, 2, 8, 8, 1))}, out / "strip.png", rain=False))
+paths.append(precip_plots.plot_strip(batch, {"model": rng.random((1, 2, 8, 8, 1))}, out / "strip.png", rain=False))
 n = 48
 w = types.SimpleNamespace(times=np.datetime64("2020-01-01T00:00") + np.arange(n) * np.timedelta64(1, "h"),
                           y=rng.uniform(100, 9000, (n, 2)), station=np.array(["A"] * n))

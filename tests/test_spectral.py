@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nowcast_jax import cells, models, rollout, spectral
+from nowcast_jax import cells, models, rollout
+from nowcast_jax import _spectral as spectral
 from nowcast_jax.conv import conv2d_same
 from tests.reference import conv_same
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from jax import export
 
-from nowcast_jax import cells, models, rollout, spectral
+from nowcast_jax import cells, models, rollout
+from nowcast_jax import _spectral as spectral
 from nowcast_jax.conv import conv2d_same
 
 IMPLS = ("auto", "direct", "spectral", "im2col")

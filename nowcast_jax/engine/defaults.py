@@ -1,0 +1,40 @@
+"""The engine's config keys and their defaults (``ml_collections`` only: imports no JAX).
+
+Application configs (``configs/*.py``) start from :func:`default_engine_config` and add their
+``data``, ``model``, ``loss`` and ``eval`` keys, so loading a config never imports JAX.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+class EngineConfigError(ValueError):
+    """An engine config value is invalid; the message names the key."""
+
+
+def default_engine_config() -> ml_collections.ConfigDict:
+    """The keys the engine reads, with defaults; task configs start from this.
+
+    ``train.optimizer.name`` is ``"adam"`` or ``"rmsprop"`` (the other fields are that
+    optimizer's arguments; unused ones are ignored). ``train.schedule.name`` is
+    ``"constant"`` or ``"cosine"`` (to ``alpha * lr`` at ``train.steps``), with an optional
+    linear warmup of ``warmup_steps``. ``grad_clip_norm`` / ``weight_decay`` of 0 disable
+    clipping / decoupled weight decay (applied to parameters with ndim >= 2).
+    ``checkpoint.best_metric`` names an eval metric (``"loss"`` or an aux metric of the
+    task's ``loss_fn``); ``""`` keeps only the latest steps.
+    """
+    c = ml_collections.ConfigDict()
+    c.task = ""
+    c.seed = 0
+    c.train = ml_collections.ConfigDict(dict(
+        steps=1000, batch_size=16, learning_rate=1e-3,
+        optimizer=dict(name="adam", b1=0.9, b2=0.999, eps=1e-8, decay=0.9, momentum=0.0,
+                       centered=False),
+        schedule=dict(name="constant", warmup_steps=0, alpha=0.0),
+        grad_clip_norm=0.0, weight_decay=0.0, max_consecutive_skips=10,
+        log_every_steps=50, tensorboard=False))
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        every_steps=500, max_to_keep=3, best_metric="loss", best_mode="min", async_save=True))
+    c.eval = ml_collections.ConfigDict(dict(every_steps=500, batches=8, batch_size=0, split="val"))
+    return c
