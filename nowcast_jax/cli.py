@@ -4,11 +4,13 @@
     nowcast-jax train --workdir DIR [--config.KEY=VALUE ...]      # continue with DIR's config
     nowcast-jax evaluate --workdir DIR [--split test] [--config.KEY=VALUE ...]
 
-Adding a subcommand: write ``add_args(parser)`` and ``run(args, overrides) -> int`` and
-register them in :data:`SUBCOMMANDS` (``SUBCOMMANDS["predict"] = Subcommand(...)``).
-Config overrides reach ``run`` as a list of ``"KEY=VALUE"`` strings; use
-:func:`resolve_config` / :func:`stored_config` and :func:`load_task` to get a config and a
-task. This is the only module that parses flags.
+    nowcast-jax export --workdir DIR --out FILE.jaxexport [--platforms cpu,cuda]
+    nowcast-jax predict (--workdir DIR | --artifact FILE) --input PATH --out PATH
+
+A thin table of subcommands (:data:`SUBCOMMANDS`: ``add_args(parser)`` and
+``run(args, overrides) -> int``) over the engine (:mod:`nowcast_jax.engine`) and the
+applications' hooks (:mod:`nowcast_jax.applications`). Config overrides reach ``run`` as a
+list of ``"KEY=VALUE"`` strings. This is the only module that parses flags.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from nowcast_jax import applications
 from nowcast_jax.engine import config as config_lib
+from nowcast_jax.engine.defaults import EngineConfigError
+from nowcast_jax.engine.workdir import WorkdirError, stored_config
 from nowcast_jax.metrics import json_safe
-from nowcast_jax.engine.workdir import WorkdirError, load_task, restore_params, stored_config
 
 
 
@@ -90,7 +94,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def run_train(args, overrides: list[str]) -> int:
     config = resolve_config(args.config, args.workdir, overrides)
-    task = load_task(config)
+    task = applications.make_task(config)
     from nowcast_jax.engine import loop
 
     try:
@@ -126,16 +130,34 @@ def format_table(results: dict) -> str:
     return "\n".join([fmt(head), fmt(["-" * c for c in cols])] + [fmt(r) for r in body])
 
 
-def run_evaluate(args, overrides: list[str]) -> int:
+def _restore_run(args, overrides: list[str]):
+    """(application, restored run) of the workdir's best (or --step) checkpoint."""
+    from nowcast_jax.engine import workdir
+
     config = config_lib.apply_overrides(stored_config(args.workdir), overrides)
-    task = load_task(config)
-    step, params = restore_params(config, args.workdir, task, args.step)
+    app = applications.application(str(config.task))
+    return app, workdir.restore(args.workdir, app.hook("make_task"), args.step, overrides)
+
+
+def _engine_scores(run, split: str) -> dict:
+    """The engine's evaluation loss and aux metrics on ``split`` (tasks without an evaluator)."""
+    from nowcast_jax.engine import state as state_lib
+
+    mesh = state_lib.make_mesh()
+    step = state_lib.make_eval_step(run.task, int(run.config.seed), mesh)
+    batch_size = int(run.config.eval.batch_size) or int(run.config.train.batch_size)
+    return {"model": state_lib.evaluate_loss(step, run.params, run.task, mesh, split, batch_size, 0)}
+
+
+def run_evaluate(args, overrides: list[str]) -> int:
+    app, run = _restore_run(args, overrides)
     out = args.workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    results = task.evaluate(params, args.split, out_dir=out)
-    print(f"{args.split} scores of checkpoint step {step} ({args.workdir})")
-    report = getattr(task, "format_report", None)
-    print(report(results) if callable(report) else format_table(results))
+    evaluate = app.hook("evaluate")
+    results = evaluate(run, args.split, out_dir=out) if evaluate else _engine_scores(run, args.split)
+    print(f"{args.split} scores of checkpoint step {run.step} ({args.workdir})")
+    report = app.hook("format_report")
+    print(report(results, run) if report else format_table(results))
     (out / "metrics.json").write_text(json.dumps(json_safe(results), indent=2), encoding="utf-8")
     print(f"wrote {out / 'metrics.json'}")
     return 0
@@ -171,16 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides = split_overrides(extra)
         configure_runtime()
         return SUBCOMMANDS[args.command].run(args, overrides)
-    except (CLIError, WorkdirError, config_lib.ConfigError) as err:
+    except (CLIError, WorkdirError, config_lib.ConfigError, EngineConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # engine config / checkpoint errors: a message, no traceback wall
         from nowcast_jax.engine.checkpoint import CheckpointError
-        from nowcast_jax.engine.state import EngineConfigError
 
-        if isinstance(err, EngineConfigError):
-            print(f"error: {err}", file=sys.stderr)
-            return 2
         if isinstance(err, CheckpointError):
             print(f"error: {err}", file=sys.stderr)
             return 3
@@ -188,8 +206,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------ export / predict
-# (issue 7) Both ask the task for its raw-units forecaster via the optional Task method
-# ``export_spec(params) -> (fn, input_specs, sidecar)``; see nowcast_jax.engine.export.export_task.
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="artifact file, e.g. forecaster.jaxexport "
@@ -199,22 +215,25 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _task_forecaster(args, overrides: list[str]):
-    """(config, step, fn, input_specs, sidecar) of the workdir's best (or --step) checkpoint."""
+    """(config, step, fn, input_specs, sidecar) of the workdir's best (or --step) checkpoint,
+    from the application's ``export_spec`` hook."""
     import jax
 
     from nowcast_jax.engine import export as export_lib
 
-    config = config_lib.apply_overrides(stored_config(args.workdir), overrides)
-    task = load_task(config)
-    step, params = restore_params(config, args.workdir, task, args.step)
-    params = jax.device_get(params)  # host copies: they become constants of the exported function
-    extra = {"checkpoint_step": int(step), "workdir": str(Path(args.workdir).resolve()),
-             "config": config_lib.to_dict(config)}
+    app, run = _restore_run(args, overrides)
+    export_spec = app.hook("export_spec")
+    if export_spec is None:
+        raise CLIError(f"config.task={app.name!r} cannot be exported: its module has no export_spec(task, params) "
+                       "-> (fn, input_specs, sidecar)")
+    params = jax.device_get(run.params)  # host copies: they become constants of the exported function
+    extra = {"checkpoint_step": int(run.step), "workdir": str(Path(args.workdir).resolve()),
+             "config": config_lib.to_dict(run.config)}
     try:
-        fn, specs, sidecar = export_lib.task_spec(task, params, extra)
+        fn, specs, sidecar = export_lib.forecaster_spec(export_spec, run.task, params, app.name, extra)
     except export_lib.ExportError as err:
         raise CLIError(str(err)) from err
-    return config, step, fn, specs, sidecar
+    return run.config, run.step, fn, specs, sidecar
 
 
 def run_export(args, overrides: list[str]) -> int:

@@ -70,12 +70,13 @@ def restore_state(workdir, step=None, config=None, mesh=None):
     """Restore a toy checkpoint of ``workdir`` in this process (on one device by default)."""
     import jax
 
+    from nowcast_jax import applications
     from nowcast_jax.engine import checkpoint
     from nowcast_jax.engine import workdir as workdir_lib
     from nowcast_jax.engine import state as train
 
     config = config or workdir_lib.stored_config(Path(workdir))
-    task = workdir_lib.load_task(config)
+    task = applications.make_task(config)
     mesh = mesh or train.make_mesh(jax.devices()[:1])
     tx, _ = train.optimizer_from_config(config.train)
     with checkpoint.CheckpointManager(Path(workdir) / "checkpoints", async_save=False) as manager:

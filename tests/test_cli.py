@@ -146,7 +146,7 @@ def test_config_errors_fail_before_training(tmp_path, capsys, override, message)
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--config.checkpoint.best_metric=los", "checkpoint.best_metric='los' is not an eval metric of task 'toy' (have: loss, mae)"),
+    ("--config.checkpoint.best_metric=los", "checkpoint.best_metric='los' is not an eval metric of task 'tests.toy_task:make_task' (have: loss, mae)"),
     ("--config.train.optimizer.name=sgd", "train.optimizer.name must be 'adam' or 'rmsprop'"),
     ("--config.train.batch_size=0", "train.batch_size"),
 ])

@@ -61,7 +61,7 @@ class CheckpointCorruptError(CheckpointError):
 
 
 @dataclasses.dataclass
-class Restored:
+class RestoredCheckpoint:
     """What :meth:`CheckpointManager.restore` returns.
 
     ``state`` has the structure of the target given to restore; ``config``, ``cursor``,
@@ -269,7 +269,7 @@ class CheckpointManager:
                 f"built from the current config (did the config change?):\n"
                 f"{_describe_mismatch(saved, expected)}")
 
-    def _restore_step(self, step: int, target) -> Restored:
+    def _restore_step(self, step: int, target) -> RestoredCheckpoint:
         self.check_structure(step, target)
         out = self._manager.restore(step, args=ocp.args.Composite(**{
             STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}))
@@ -281,11 +281,11 @@ class CheckpointManager:
                 bad = sorted(k for k in expected if got.get(k) != expected[k])
                 raise CheckpointCorruptError(f"step {step}: arrays differ from the checksums saved "
                                              f"with them: {bad[:5]}")
-        return Restored(step=step, state=state, config=meta.get("config", {}),
+        return RestoredCheckpoint(step=step, state=state, config=meta.get("config", {}),
                         cursor=meta.get("cursor", {"step": step}), extras=meta.get("extras", {}),
                         metrics=meta.get("metrics", {}))
 
-    def restore(self, target, step: int | None = None, *, fallback: bool = True) -> Restored:
+    def restore(self, target, step: int | None = None, *, fallback: bool = True) -> RestoredCheckpoint:
         """Restore ``step`` (default: the latest) into the structure of ``target``.
 
         ``target`` is a pytree of arrays or ``jax.ShapeDtypeStruct`` (with ``sharding`` to

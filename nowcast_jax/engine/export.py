@@ -9,8 +9,8 @@ artifact is usable without this package (see :mod:`nowcast_jax.artifact`)::
     export.export_forecaster(fn, specs, {"units": "mm/h", "time_step_minutes": 5}, "f.jaxexport")
     # writes f.jaxexport (serialized jax.export.Exported) and f.jaxexport.json (sidecar)
 
-Tasks opt in with ``task.export_spec(params) -> (fn, input_specs, sidecar)``; see
-:func:`export_task` and ``nowcast-jax export``.
+Applications opt in with a hook ``export_spec(task, params) -> (fn, input_specs, sidecar)``;
+see :func:`export_task` and ``nowcast-jax export``.
 """
 
 from __future__ import annotations
@@ -141,33 +141,24 @@ def build(fn: Callable[..., Any], input_specs: Sequence[jax.ShapeDtypeStruct], s
     return exported, meta
 
 
-def export_task(task, params, out_path: str | Path, *, platforms: Sequence[str] = DEFAULT_PLATFORMS,
-                extra: dict | None = None) -> Path:
-    """Export a task's forecaster via its optional ``export_spec`` method.
+def export_task(export_spec: Callable, task, params, out_path: str | Path, *,
+                platforms: Sequence[str] = DEFAULT_PLATFORMS, task_name: str = "", extra: dict | None = None) -> Path:
+    """Export ``task``'s forecaster as its application describes it.
 
-    The Task protocol extension (optional)::
-
-        def export_spec(self, params) -> tuple[Callable, list[jax.ShapeDtypeStruct], dict]:
-            '''(fn, input_specs, sidecar): fn maps RAW-unit inputs (batch symbolic) to
-            RAW-unit outputs with the normalisation stored in the task's extras baked in;
-            sidecar is JSON-able and should hold "task", "units", "time_step_minutes",
-            "normalisation" and per-input "inputs": [{"name", "units"}].'''
-
-    ``extra`` is merged into the sidecar (e.g. the checkpoint step and workdir).
+    ``export_spec(task, params) -> (fn, input_specs, sidecar)`` is the application's hook
+    (e.g. ``nowcast_jax.visibility.serve.export_spec``): ``fn`` maps RAW-unit inputs (batch
+    symbolic) to RAW-unit outputs with the fitted preprocessing baked in; the sidecar is
+    JSON-able and should hold ``"kind"``, ``"units"``, ``"time_step_minutes"``, the fitted
+    contract, and per-input ``"inputs": [{"name", "units"}]``. ``task_name`` and ``extra``
+    (e.g. the checkpoint step and workdir) are added to the sidecar.
     """
-    fn, input_specs, sidecar = task_spec(task, params, extra)
+    fn, input_specs, sidecar = forecaster_spec(export_spec, task, params, task_name, extra)
     return export_forecaster(fn, input_specs, sidecar, out_path, platforms=platforms)
 
 
-def task_spec(task, params, extra: dict | None = None) -> tuple[Callable[..., Any], list, dict]:
-    """``task.export_spec(params)`` with ``"task"`` and ``extra`` added to the sidecar.
-
-    Raises :class:`ExportError` when the task has no ``export_spec``.
-    """
-    spec_fn = getattr(task, "export_spec", None)
-    if spec_fn is None:
-        raise ExportError(f"task {getattr(task, 'name', type(task).__name__)!r} cannot be exported: it has no "
-                          "export_spec(params) -> (fn, input_specs, sidecar) method")
-    fn, input_specs, sidecar = spec_fn(params)
-    sidecar = {"task": getattr(task, "name", type(task).__name__), **dict(sidecar), **dict(extra or {})}
+def forecaster_spec(export_spec: Callable, task, params, task_name: str = "",
+                    extra: dict | None = None) -> tuple[Callable[..., Any], list, dict]:
+    """``export_spec(task, params)`` with ``"task"`` (``task_name``) and ``extra`` added to the sidecar."""
+    fn, input_specs, sidecar = export_spec(task, params)
+    sidecar = {"task": task_name or type(task).__name__, **dict(sidecar), **dict(extra or {})}
     return fn, input_specs, sidecar

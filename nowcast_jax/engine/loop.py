@@ -32,7 +32,8 @@ import numpy as np
 
 from nowcast_jax.engine import checkpoint as ckpt_lib
 from nowcast_jax.engine import config as config_lib
-from nowcast_jax.engine import state as engine
+from nowcast_jax.engine import state as state_lib
+from nowcast_jax.engine.defaults import EngineConfigError
 
 
 class NonFiniteError(RuntimeError):
@@ -45,7 +46,7 @@ class TrainResult:
     reason: str                # "done" | "signal" | "already_done"
     latest_checkpoint: int | None
     best_checkpoint: int | None
-    state: engine.TrainState | None = None
+    state: state_lib.TrainState | None = None
 
 
 def _say(message: str) -> None:
@@ -185,12 +186,12 @@ def open_checkpoints(config, workdir: Path) -> ckpt_lib.CheckpointManager:
                                       async_save=c.async_save)
 
 
-def _start_state(config, task, tx, mesh, manager) -> tuple[engine.TrainState, int]:
+def _start_state(config, task, tx, mesh, manager) -> tuple[state_lib.TrainState, int]:
     """Restore the latest checkpoint (reloading task extras) or create a fresh state."""
     if manager.latest_step() is None:
         _say("no checkpoint found: starting at step 0")
-        return engine.create_state(task, tx, config.seed, mesh), 0
-    target = engine.abstract_state(task, tx, config.seed, mesh)
+        return state_lib.create_state(task, tx, config.seed, mesh), 0
+    target = state_lib.abstract_state(task, tx, config.seed, mesh)
     restored = manager.restore(target)
     task.load_extras(restored.extras)
     changed = [d for d in config_lib.diff(config_lib.from_dict(restored.config), config)
@@ -245,7 +246,7 @@ class _Runner:
     def evaluate(self, state, eval_step, step: int, log: MetricsLog) -> dict:
         e = self.config.eval
         bs = e.batch_size or self.tcfg.batch_size
-        out = engine.evaluate_loss(eval_step, state.params, self.task, self.mesh, e.split, bs, e.batches)
+        out = state_lib.evaluate_loss(eval_step, state.params, self.task, self.mesh, e.split, bs, e.batches)
         log.write(step, "eval", out)
         return out
 
@@ -269,10 +270,10 @@ def check_best_metric(config, task, state) -> None:  # state may be abstract
         first = next(iter(task.eval_batches(split, int(config.eval.get("batch_size", 0) or config.train.batch_size))),
                      None)
     except (ValueError, KeyError) as err:
-        raise engine.EngineConfigError(f"eval.split={split!r}: the task cannot evaluate it ({err}); "
+        raise EngineConfigError(f"eval.split={split!r}: the task cannot evaluate it ({err}); "
                                        "set eval.every_steps=0 or give the task that split") from err
     if first is None:
-        raise engine.EngineConfigError(f"eval.split={split!r} is empty: set eval.every_steps=0 (no periodic "
+        raise EngineConfigError(f"eval.split={split!r} is empty: set eval.every_steps=0 (no periodic "
                                        "evaluation, the latest checkpoint is used) or give that split data")
     if not best:
         return
@@ -280,8 +281,8 @@ def check_best_metric(config, task, state) -> None:  # state may be abstract
     _, aux = jax.eval_shape(task.loss_fn, state.params, batch, jax.random.key(0))
     names = ["loss", *aux]
     if best not in names:
-        raise engine.EngineConfigError(f"checkpoint.best_metric={best!r} is not an eval metric of task "
-                         f"{getattr(task, 'name', '?')!r} (have: {', '.join(names)})")
+        raise EngineConfigError(f"checkpoint.best_metric={best!r} is not an eval metric of task "
+                                f"{config.task!r} (have: {', '.join(names)})")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -298,12 +299,12 @@ def train(config, workdir, task, *, mesh=None, stream=None) -> TrainResult:
     """Train ``task`` for ``config.train.steps`` steps in ``workdir`` (resuming if possible)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = mesh or engine.make_mesh()
+    mesh = mesh or state_lib.make_mesh()
     total, bs = int(config.train.steps), int(config.train.batch_size)
     if bs <= 0 or bs % mesh.devices.size:
-        raise engine.EngineConfigError(f"train.batch_size={bs} must be a positive multiple of the number of devices ({mesh.devices.size})")
-    tx, schedule = engine.optimizer_from_config(config.train)
-    check_best_metric(config, task, engine.abstract_state(task, tx, config.seed, mesh))
+        raise EngineConfigError(f"train.batch_size={bs} must be a positive multiple of the number of devices ({mesh.devices.size})")
+    tx, schedule = state_lib.optimizer_from_config(config.train)
+    check_best_metric(config, task, state_lib.abstract_state(task, tx, config.seed, mesh))
     manager = open_checkpoints(config, workdir)
     try:
         state, start = _start_state(config, task, tx, mesh, manager)
@@ -319,15 +320,15 @@ def train(config, workdir, task, *, mesh=None, stream=None) -> TrainResult:
 def _run(config, workdir, task, manager, mesh, tx, schedule, state, start, stream) -> TrainResult:
     runner = _Runner(config, workdir, task, manager, mesh)
     total, bs, seed = int(config.train.steps), int(config.train.batch_size), int(config.seed)
-    train_step = engine.make_train_step(task, tx, schedule, seed, mesh)
-    eval_step = engine.make_eval_step(task, seed, mesh)
+    train_step = state_lib.make_train_step(task, tx, schedule, seed, mesh)
+    eval_step = state_lib.make_eval_step(task, seed, mesh)
     log = MetricsLog(workdir, start, bool(config.train.tensorboard))
     progress = Progress(start, total, stream)
     pending, reason, step = None, "done", start
     try:
         with StopFlag() as stop:
             for step in range(start + 1, total + 1):
-                batch = engine.shard_batch(task.train_batch(step - 1, bs, seed), mesh)
+                batch = state_lib.shard_batch(task.train_batch(step - 1, bs, seed), mesh)
                 state, metrics = train_step(state, batch)
                 if pending is not None:
                     runner.consume(*pending, log, progress)

@@ -27,10 +27,11 @@ from typing import Any, Callable, Iterator, Protocol
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from nowcast_jax.engine.defaults import EngineConfigError
 
 Params = Any
 Batch = dict[str, np.ndarray]
@@ -40,47 +41,13 @@ BATCH_AXIS = "batch"
 class Task(Protocol):
     """What a task brings to the engine (pinned in docs/architecture.md)."""
 
-    name: str
 
     def init_params(self, key) -> Params: ...
     def loss_fn(self, params, batch, key) -> tuple[jax.Array, dict]: ...
     def train_batch(self, step: int, batch_size: int, seed: int) -> Batch: ...
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]: ...
-    def evaluate(self, params, split: str, out_dir=None) -> dict: ...  # out_dir: where to write plots
-    def state_extras(self) -> dict: ...
+    def state_extras(self) -> dict: ...  # JSON-able, saved with every checkpoint (e.g. a fitted contract)
     def load_extras(self, extras: dict) -> None: ...
-
-
-# ------------------------------------------------------------------------------ config
-class EngineConfigError(ValueError):
-    """An engine config value is invalid; the message names the key."""
-
-
-def default_engine_config() -> ml_collections.ConfigDict:
-    """The keys the engine reads, with defaults; task configs start from this.
-
-    ``train.optimizer.name`` is ``"adam"`` or ``"rmsprop"`` (the other fields are that
-    optimizer's arguments; unused ones are ignored). ``train.schedule.name`` is
-    ``"constant"`` or ``"cosine"`` (to ``alpha * lr`` at ``train.steps``), with an optional
-    linear warmup of ``warmup_steps``. ``grad_clip_norm`` / ``weight_decay`` of 0 disable
-    clipping / decoupled weight decay (applied to parameters with ndim >= 2).
-    ``checkpoint.best_metric`` names an eval metric (``"loss"`` or an aux metric of the
-    task's ``loss_fn``); ``""`` keeps only the latest steps.
-    """
-    c = ml_collections.ConfigDict()
-    c.task = ""
-    c.seed = 0
-    c.train = ml_collections.ConfigDict(dict(
-        steps=1000, batch_size=16, learning_rate=1e-3,
-        optimizer=dict(name="adam", b1=0.9, b2=0.999, eps=1e-8, decay=0.9, momentum=0.0,
-                       centered=False),
-        schedule=dict(name="constant", warmup_steps=0, alpha=0.0),
-        grad_clip_norm=0.0, weight_decay=0.0, max_consecutive_skips=10,
-        log_every_steps=50, tensorboard=False))
-    c.checkpoint = ml_collections.ConfigDict(dict(
-        every_steps=500, max_to_keep=3, best_metric="loss", best_mode="min", async_save=True))
-    c.eval = ml_collections.ConfigDict(dict(every_steps=500, batches=8, batch_size=0, split="val"))
-    return c
 
 
 # ------------------------------------------------------------------------------ optimizer

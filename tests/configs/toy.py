@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from nowcast_jax.engine.state import default_engine_config
+from nowcast_jax.engine.defaults import default_engine_config
 
 
 def get_config(variant=None):

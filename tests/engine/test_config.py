@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nowcast_jax.engine import config as config_lib
-from nowcast_jax.engine.state import default_engine_config
+from nowcast_jax.engine.defaults import default_engine_config
 from tests.engine_utils import TOY
 
 

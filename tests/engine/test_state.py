@@ -12,6 +12,7 @@ import pytest
 
 from nowcast_jax.engine import loop
 from nowcast_jax.engine import state as engine
+from nowcast_jax.engine.defaults import EngineConfigError
 from tests.engine_utils import toy_config
 from tests.toy_task import make_task
 
@@ -168,6 +169,6 @@ def test_extending_a_decaying_schedule_is_announced(tmp_path, mesh, capsys):
 
 def test_empty_eval_split_fails_before_training(tmp_path, mesh):
     config = toy_config(**{"data.eval_size": "0", "eval.every_steps": "3"})
-    with pytest.raises(engine.EngineConfigError, match="eval.split='val' is empty"):
+    with pytest.raises(EngineConfigError, match="eval.split='val' is empty"):
         loop.train(config, tmp_path, make_task(config), mesh=mesh)
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
