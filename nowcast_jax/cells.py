@@ -100,7 +100,7 @@ def _check_carry(carry: Any, expected: tuple[int, ...], who: str) -> None:
 # --------------------------------------------------------------------------- ConvLSTM
 
 
-def embed_kernel(w: jax.Array, size: int) -> jax.Array:
+def _embed_kernel(w: jax.Array, size: int) -> jax.Array:
     """Zero-embed a ``[k, k, Cin, Cout]`` kernel into ``[size, size, Cin, Cout]``, same alignment."""
     k = w.shape[0]
     lo = same_padding(size)[0] - same_padding(k)[0]
@@ -108,7 +108,7 @@ def embed_kernel(w: jax.Array, size: int) -> jax.Array:
     return jnp.pad(w, ((lo, hi), (lo, hi), (0, 0), (0, 0)))
 
 
-def fused_kernel(params: Params) -> jax.Array:
+def _fused_kernel(params: Params) -> jax.Array:
     """One kernel ``[k, k, Cin + F, 4F]`` over ``concat([x, h])`` from ``w_x`` and ``w_h``.
 
     A cell that reads no input (``in_channels=0``, e.g. the paper's forecaster) has no ``w_x``.
@@ -116,10 +116,10 @@ def fused_kernel(params: Params) -> jax.Array:
     if "w_x" not in params:
         return params["w_h"]
     size = max(params["w_x"].shape[0], params["w_h"].shape[0])
-    return jnp.concatenate([embed_kernel(params["w_x"], size), embed_kernel(params["w_h"], size)], axis=2)
+    return jnp.concatenate([_embed_kernel(params["w_x"], size), _embed_kernel(params["w_h"], size)], axis=2)
 
 
-def input_width(params: Params, axis: int) -> int:
+def _input_width(params: Params, axis: int) -> int:
     """Input channels/features a cell was initialised for (0 when it has no ``w_x``)."""
     return params["w_x"].shape[axis] if "w_x" in params else 0
 
@@ -176,7 +176,7 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
         for CPU (elsewhere ``apply`` runs the vendor convolution of the same kernel)."""
         if "spectrum" in params:
             return params
-        kernel = fused_kernel(params)
+        kernel = _fused_kernel(params)
         dtype = compute_dtype or kernel.dtype
         if not spectral.use_spectral(conv_impl, kernel.shape[0], tuple(spatial_shape), dtype):
             return params
@@ -185,7 +185,7 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
 
     def stacked_input(params: Params, carry: LSTMState, x: jax.Array) -> jax.Array:
         """Checks the shapes; returns ``concat([x, h]) [B, H, W, Cin + F]`` in the compute dtype."""
-        cin = input_width(params, 2)
+        cin = _input_width(params, 2)
         if x.ndim != 4:
             raise ValueError(f"conv_lstm.apply: x must be [B, H, W, C] (rank 4); got shape {tuple(x.shape)}")
         if x.shape[-1] != cin:
@@ -199,11 +199,11 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
         xh = stacked_input(params, carry, x)
         spectrum = params.get("spectrum")
         if spectrum is None:
-            z = conv2d_same(xh, fused_kernel(params).astype(xh.dtype), impl=conv_impl)
+            z = conv2d_same(xh, _fused_kernel(params).astype(xh.dtype), impl=conv_impl)
         elif spectrum.cpu_only:
             z = jax.lax.platform_dependent(
                 params, xh, cpu=lambda p, xh: spectral.spectral_conv2d(xh, p["spectrum"]).astype(xh.dtype),
-                default=lambda p, xh: conv2d_same(xh, fused_kernel(p).astype(xh.dtype), impl="xla"))
+                default=lambda p, xh: conv2d_same(xh, _fused_kernel(p).astype(xh.dtype), impl="xla"))
         else:
             z = spectral.spectral_conv2d(xh, spectrum)
         state = _lstm_update(z.astype(carry.c.dtype) + params["b"], carry.c, params)
@@ -256,7 +256,7 @@ def lstm(hidden_size: int, *, peepholes: bool = False, forget_bias: float = 1.0,
 
     def apply(params: Params, carry: LSTMState, x: jax.Array) -> tuple[LSTMState, jax.Array]:
         """One step: ``x [B, Fin]`` -> ``(LSTMState, h [B, F])``."""
-        fin = input_width(params, 0)
+        fin = _input_width(params, 0)
         if x.ndim != 2:
             raise ValueError(f"lstm.apply: x must be [B, F] (rank 2); got shape {tuple(x.shape)}")
         if x.shape[-1] != fin:

@@ -58,7 +58,7 @@ def configure_runtime() -> None:
 
 
 # ------------------------------------------------------------------------------ helpers
-def resolve_config(spec: str | None, workdir: Path | None, overrides: list[str]):
+def _resolve_config(spec: str | None, workdir: Path | None, overrides: list[str]):
     """Config from ``spec`` (file[:variant]) or else the workdir's stored one, plus overrides."""
     if spec:
         base = config_lib.load_config(spec)
@@ -69,7 +69,7 @@ def resolve_config(spec: str | None, workdir: Path | None, overrides: list[str])
     return config_lib.apply_overrides(base, overrides)
 
 
-def split_overrides(extra: list[str]) -> list[str]:
+def _split_overrides(extra: list[str]) -> list[str]:
     """``["--config.a=1", "--config.b", "2"]`` -> ``["a=1", "b=2"]``; other flags are errors."""
     out, i = [], 0
     while i < len(extra):
@@ -92,8 +92,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, type=Path)
 
 
-def run_train(args, overrides: list[str]) -> int:
-    config = resolve_config(args.config, args.workdir, overrides)
+def _run_train(args, overrides: list[str]) -> int:
+    config = _resolve_config(args.config, args.workdir, overrides)
     task = applications.make_task(config)
     from nowcast_jax.engine import loop
 
@@ -149,7 +149,7 @@ def _engine_scores(run, split: str) -> dict:
     return {"model": state_lib.evaluate_loss(step, run.params, run.task, mesh, split, batch_size, 0)}
 
 
-def run_evaluate(args, overrides: list[str]) -> int:
+def _run_evaluate(args, overrides: list[str]) -> int:
     app, run = _restore_run(args, overrides)
     out = args.workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -172,13 +172,13 @@ class Subcommand:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "train": Subcommand("train a model (resumes from the workdir's checkpoints)", _train_args, run_train),
-    "evaluate": Subcommand("score the best checkpoint on the test split", _evaluate_args, run_evaluate),
+    "train": Subcommand("train a model (resumes from the workdir's checkpoints)", _train_args, _run_train),
+    "evaluate": Subcommand("score the best checkpoint on the test split", _evaluate_args, _run_evaluate),
     # "predict": Subcommand(...), "export": Subcommand(...)  <- added by their modules' authors
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nowcast-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, cmd in SUBCOMMANDS.items():
@@ -187,10 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = _build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
-        overrides = split_overrides(extra)
+        overrides = _split_overrides(extra)
         configure_runtime()
         return SUBCOMMANDS[args.command].run(args, overrides)
     except (CLIError, WorkdirError, config_lib.ConfigError, EngineConfigError) as err:
@@ -236,7 +236,7 @@ def _task_forecaster(args, overrides: list[str]):
     return run.config, run.step, fn, specs, sidecar
 
 
-def run_export(args, overrides: list[str]) -> int:
+def _run_export(args, overrides: list[str]) -> int:
     from nowcast_jax.engine import export as export_lib
 
     _, step, fn, specs, sidecar = _task_forecaster(args, overrides)
@@ -285,7 +285,7 @@ def serve(forecast, sidecar: dict, args) -> list[Path]:
                      "(the application's export must set sidecar['kind'])")
 
 
-def run_predict(args, overrides: list[str]) -> int:
+def _run_predict(args, overrides: list[str]) -> int:
     from nowcast_jax import artifact as artifact_lib
 
     try:
@@ -308,9 +308,9 @@ def run_predict(args, overrides: list[str]) -> int:
 
 
 SUBCOMMANDS["export"] = Subcommand("write the best checkpoint as a jax.export artifact + JSON sidecar",
-                                   _export_args, run_export)
+                                   _export_args, _run_export)
 SUBCOMMANDS["predict"] = Subcommand("forecast new radar frames or station observations", _predict_args,
-                                    run_predict)
+                                    _run_predict)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ class Model(NamedTuple):
     forecast: Callable[..., Any] | None = None
 
 
-def dense_init(key: jax.Array, fan_in: int, fan_out: int, dtype=jnp.float32) -> dict:
+def _dense_init(key: jax.Array, fan_in: int, fan_out: int, dtype=jnp.float32) -> dict:
     """Glorot-uniform weight ``[fan_in, fan_out]`` and zero bias ``[fan_out]``."""
     scale = math.sqrt(6.0 / (fan_in + fan_out))
     return {"w": jax.random.uniform(key, (fan_in, fan_out), dtype, -scale, scale), "b": jnp.zeros((fan_out,), dtype)}
@@ -113,7 +113,7 @@ def encoder_forecaster(frame_channels: int = 1, patch_size: int = 4, hidden: Seq
         fc_in = unit if forecaster_input == "autoregressive" else 0
         return {"encoder": stack_init(k_enc, enc_cells, unit),
                 "forecaster": stack_init(k_fc, fc_cells, fc_in),
-                "head": dense_init(k_head, sum(hidden), unit)}
+                "head": _dense_init(k_head, sum(hidden), unit)}
 
     def encode(params, inputs):
         """Encoder: ``inputs [B,J,H,W,C]`` -> (final states per layer, top outputs [B,J,...])."""
@@ -200,9 +200,9 @@ def station_lstm(hidden: Sequence[int] = (64, 64), horizons: int = 3, *, aux_log
 
     def init(key, in_features: int, history: int | None = None) -> dict:
         k_stack, k_head, k_aux = jax.random.split(key, 3)
-        params = {"lstm": stack_init(k_stack, cells, in_features), "head": dense_init(k_head, hidden[-1], horizons)}
+        params = {"lstm": stack_init(k_stack, cells, in_features), "head": _dense_init(k_head, hidden[-1], horizons)}
         if aux_logits:
-            params["aux"] = dense_init(k_aux, hidden[-1], horizons)
+            params["aux"] = _dense_init(k_aux, hidden[-1], horizons)
         return params
 
     def apply(params, x):
@@ -225,10 +225,10 @@ def mlp(hidden: Sequence[int] = (64,), horizons: int = 3, *, aux_logits: bool = 
     def init(key, in_features: int, history: int) -> dict:
         sizes = [in_features * history, *hidden]
         keys = jax.random.split(key, len(sizes) + 1)
-        params = {"layers": [dense_init(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:])],
-                  "head": dense_init(keys[-2], sizes[-1], horizons)}
+        params = {"layers": [_dense_init(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:])],
+                  "head": _dense_init(keys[-2], sizes[-1], horizons)}
         if aux_logits:
-            params["aux"] = dense_init(keys[-1], sizes[-1], horizons)
+            params["aux"] = _dense_init(keys[-1], sizes[-1], horizons)
         return params
 
     def apply(params, x):

@@ -84,7 +84,7 @@ def _keystr(path) -> str:
     return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
-def tree_signature(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+def _tree_signature(tree) -> dict[str, tuple[tuple[int, ...], str]]:
     """``{"params/dense/kernel": (shape, dtype), ...}`` for every array leaf of ``tree``."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {_keystr(p): (tuple(int(d) for d in np.shape(x)), str(np.dtype(x.dtype))) for p, x in flat}
@@ -97,7 +97,7 @@ def _host_copy(leaf) -> np.ndarray | None:
     return np.asarray(leaf)
 
 
-def tree_checksums(tree) -> dict[str, str] | None:
+def _tree_checksums(tree) -> dict[str, str] | None:
     """blake2b of each leaf's bytes; None when some leaf is sharded across processes."""
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -229,7 +229,7 @@ class CheckpointManager:
         ranked = self.best_metric in metrics and np.isfinite(metrics[self.best_metric])
         meta = {"config": config or {}, "cursor": cursor or {"step": int(step)},
                 "extras": extras or {}, "metrics": metrics,
-                "checksums": tree_checksums(state), "saved_at": time.time()}
+                "checksums": _tree_checksums(state), "saved_at": time.time()}
         json.dumps(meta)  # fail here, synchronously, if something is not JSON-able
         return self._manager.save(
             step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}),
@@ -262,7 +262,7 @@ class CheckpointManager:
     def check_structure(self, step: int, target) -> None:
         """Raise :class:`CheckpointMismatchError` if ``step``'s tree differs from ``target``."""
         saved = _metadata_signature(self._manager.item_metadata(step)[STATE])
-        expected = tree_signature(target)
+        expected = _tree_signature(target)
         if saved != expected:
             raise CheckpointMismatchError(
                 f"checkpoint step {step} in {self.directory} does not match the model/optimizer "
@@ -276,7 +276,7 @@ class CheckpointManager:
         meta, state = dict(out[META]), out[STATE]
         expected = meta.get("checksums")
         if expected is not None:
-            got = tree_checksums(state)
+            got = _tree_checksums(state)
             if got is not None and got != expected:
                 bad = sorted(k for k in expected if got.get(k) != expected[k])
                 raise CheckpointCorruptError(f"step {step}: arrays differ from the checksums saved "

@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------- loading
-def split_spec(spec: str) -> tuple[Path, str | None]:
+def _split_spec(spec: str) -> tuple[Path, str | None]:
     """``"configs/a.py:tiny"`` -> ``(Path("configs/a.py"), "tiny")``."""
     path, sep, variant = str(spec).rpartition(":")
     if not sep or not path.endswith(".py"):
@@ -57,7 +57,7 @@ def _import_file(path: Path):
 
 def load_config(spec: str) -> ConfigDict:
     """Load ``path/to/NAME.py`` or ``path/to/NAME.py:VARIANT`` into a ConfigDict."""
-    path, variant = split_spec(spec)
+    path, variant = _split_spec(spec)
     module = _import_file(path)
     get_config = getattr(module, "get_config", None)
     if get_config is None:
@@ -91,7 +91,7 @@ def _literal(text: str):
         return text
 
 
-def parse_value(text: str, current: Any, expected_type: type | None = None):
+def _parse_value(text: str, current: Any, expected_type: type | None = None):
     """Parse ``text`` to the type of ``current`` (or ``expected_type`` when current is None)."""
     kind = expected_type if current is None else type(current)
     if kind is None or kind is type(None):
@@ -116,7 +116,7 @@ def parse_value(text: str, current: Any, expected_type: type | None = None):
             value = (value,) if text.strip() else ()
         if current:  # check elements against the first current element's type
             elem = type(current[0])
-            value = [parse_value(repr(v) if not isinstance(v, str) else v, current[0]) for v in value] \
+            value = [_parse_value(repr(v) if not isinstance(v, str) else v, current[0]) for v in value] \
                 if elem in (bool, int, float, str) else list(value)
         return kind(value)
     if kind in (dict, ConfigDict):
@@ -152,7 +152,7 @@ def _field_type(parent: ConfigDict, leaf: str):
         return None
 
 
-def apply_override(config: ConfigDict, key: str, text: str) -> None:
+def _apply_override(config: ConfigDict, key: str, text: str) -> None:
     """Set ``config.<key>`` from the string ``text``, checking that key and type exist."""
     parts = key.split(".")
     node = config
@@ -165,7 +165,7 @@ def apply_override(config: ConfigDict, key: str, text: str) -> None:
         raise _unknown_key(config, key)
     current = node[leaf]
     try:
-        value = parse_value(text, current, _field_type(node, leaf) if current is None else None)
+        value = _parse_value(text, current, _field_type(node, leaf) if current is None else None)
     except ValueError as err:
         kind = type(current).__name__ if current is not None else "value"
         raise ConfigError(f"config key {key!r} expects {kind} (current value {current!r}): {err}") from err
@@ -176,7 +176,7 @@ def apply_override(config: ConfigDict, key: str, text: str) -> None:
             raise ConfigError(f"config key {key!r}: {err}") from err
 
 
-def parse_override(item: str) -> tuple[str, str]:
+def _parse_override(item: str) -> tuple[str, str]:
     """``"--config.a.b=3"`` or ``"a.b=3"`` -> ``("a.b", "3")``."""
     text = item[len("--config."):] if item.startswith("--config.") else item
     key, sep, value = text.partition("=")
@@ -188,9 +188,9 @@ def parse_override(item: str) -> tuple[str, str]:
 def apply_overrides(config: ConfigDict, overrides: Iterable[str] | dict | None) -> ConfigDict:
     """Return a copy of ``config`` with ``KEY=VALUE`` overrides (or a {key: text} dict) applied."""
     out = copy_config(config)
-    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or ())
+    items = overrides.items() if isinstance(overrides, dict) else (_parse_override(o) for o in overrides or ())
     for key, value in items:
-        apply_override(out, key, value if isinstance(value, str) else repr(value))
+        _apply_override(out, key, value if isinstance(value, str) else repr(value))
     return out
 
 

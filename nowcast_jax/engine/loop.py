@@ -55,7 +55,7 @@ def _say(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------ signals
-class StopFlag:
+class _StopFlag:
     """Context manager: SIGTERM/SIGINT set ``requested`` instead of killing the process."""
 
     def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
@@ -259,7 +259,7 @@ class _Runner:
                           extras=self.task.state_extras(), metrics=metrics)
 
 
-def check_best_metric(config, task, state) -> None:  # state may be abstract
+def _check_best_metric(config, task, state) -> None:  # state may be abstract
     """Fail before training when periodic evaluation cannot work: ``checkpoint.best_metric``
     is not a metric of ``loss_fn``, or the ``eval.split`` yields no batch."""
     best = config.checkpoint.best_metric
@@ -304,7 +304,7 @@ def train(config, workdir, task, *, mesh=None, stream=None) -> TrainResult:
     if bs <= 0 or bs % mesh.devices.size:
         raise EngineConfigError(f"train.batch_size={bs} must be a positive multiple of the number of devices ({mesh.devices.size})")
     tx, schedule = state_lib.optimizer_from_config(config.train)
-    check_best_metric(config, task, state_lib.abstract_state(task, tx, config.seed, mesh))
+    _check_best_metric(config, task, state_lib.abstract_state(task, tx, config.seed, mesh))
     manager = open_checkpoints(config, workdir)
     try:
         state, start = _start_state(config, task, tx, mesh, manager)
@@ -326,7 +326,7 @@ def _run(config, workdir, task, manager, mesh, tx, schedule, state, start, strea
     progress = Progress(start, total, stream)
     pending, reason, step = None, "done", start
     try:
-        with StopFlag() as stop:
+        with _StopFlag() as stop:
             for step in range(start + 1, total + 1):
                 batch = state_lib.shard_batch(task.train_batch(step - 1, bs, seed), mesh)
                 state, metrics = train_step(state, batch)
@@ -344,7 +344,7 @@ def _run(config, workdir, task, manager, mesh, tx, schedule, state, start, strea
                     break
             if pending is not None:
                 runner.consume(*pending, log, progress)
-            manager.wait()  # still inside StopFlag: a signal now cannot cut the last save
+            manager.wait()  # still inside _StopFlag: a signal now cannot cut the last save
     finally:
         progress.close()
         log.close()

@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nowcast_jax.engine.defaults import EngineConfigError
 
-Params = Any
+PyTree = Any
 Batch = dict[str, np.ndarray]
 BATCH_AXIS = "batch"
 
@@ -42,7 +42,7 @@ class Task(Protocol):
     """What a task brings to the engine (pinned in docs/architecture.md)."""
 
 
-    def init_params(self, key) -> Params: ...
+    def init_params(self, key) -> PyTree: ...
     def loss_fn(self, params, batch, key) -> tuple[jax.Array, dict]: ...
     def train_batch(self, step: int, batch_size: int, seed: int) -> Batch: ...
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]: ...
@@ -118,21 +118,21 @@ class TrainState:
     """
 
     step: jax.Array
-    params: Params
+    params: PyTree
     opt_state: Any
     skipped_total: jax.Array
     consecutive_skips: jax.Array
 
 
-def base_key(seed: int) -> tuple[jax.Array, jax.Array]:
+def _base_key(seed: int) -> tuple[jax.Array, jax.Array]:
     """(init key, per-step base key) derived from the seed."""
     init_key, step_key = jax.random.split(jax.random.key(seed))
     return init_key, step_key
 
 
-def init_state(task: Task, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def _init_state(task: Task, tx: optax.GradientTransformation, seed: int) -> TrainState:
     """Fresh state (not jitted, not placed; see :func:`create_state`)."""
-    params = task.init_params(base_key(seed)[0])
+    params = task.init_params(_base_key(seed)[0])
     zero = jnp.zeros((), jnp.int32)
     return TrainState(step=zero, params=params, opt_state=tx.init(params),
                       skipped_total=zero, consecutive_skips=zero)
@@ -140,12 +140,12 @@ def init_state(task: Task, tx: optax.GradientTransformation, seed: int) -> Train
 
 def create_state(task: Task, tx, seed: int, mesh: Mesh) -> TrainState:
     """Fresh state, created under jit directly with the replicated sharding."""
-    return jax.jit(lambda: init_state(task, tx, seed), out_shardings=replicated(mesh))()
+    return jax.jit(lambda: _init_state(task, tx, seed), out_shardings=replicated(mesh))()
 
 
 def abstract_state(task: Task, tx, seed: int, mesh: Mesh) -> TrainState:
     """Shapes, dtypes and (replicated) shardings of the state, without computing it."""
-    shapes = jax.eval_shape(lambda: init_state(task, tx, seed))
+    shapes = jax.eval_shape(lambda: _init_state(task, tx, seed))
     sharding = replicated(mesh)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
@@ -161,7 +161,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
+def _batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXIS))
 
 
@@ -172,7 +172,7 @@ def shard_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
 
     def put(x):
         x = np.asarray(x)
-        sharding = batch_sharding(mesh) if x.ndim and x.shape[0] % n == 0 else replicated(mesh)
+        sharding = _batch_sharding(mesh) if x.ndim and x.shape[0] % n == 0 else replicated(mesh)
         return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
     return {k: put(v) for k, v in batch.items()}
@@ -201,7 +201,7 @@ def make_train_step(task: Task, tx, schedule, seed: int, mesh: Mesh) -> Callable
     loss, grad_norm, lr, skipped (0/1 this step), skipped_total, consecutive_skips and the
     task's aux metrics.
     """
-    step_base = base_key(seed)[1]
+    step_base = _base_key(seed)[1]
 
     def train_step(state: TrainState, batch):
         key = jax.random.fold_in(step_base, state.step)
@@ -218,7 +218,7 @@ def make_train_step(task: Task, tx, schedule, seed: int, mesh: Mesh) -> Callable
 
 def make_eval_step(task: Task, seed: int, mesh: Mesh) -> Callable:
     """Jitted ``eval_step(params, batch) -> {"loss", **aux}`` with a fixed key."""
-    key = jax.random.fold_in(base_key(seed)[1], 2**31 - 1)
+    key = jax.random.fold_in(_base_key(seed)[1], 2**31 - 1)
 
     def eval_step(params, batch):
         loss, aux = task.loss_fn(params, batch, key)
