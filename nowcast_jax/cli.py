@@ -1,9 +1,8 @@
-"""Command line: ``nowcast-jax train | evaluate`` (``predict`` / ``export`` plug in here).
+"""Command line: ``nowcast-jax train | evaluate | export | predict``.
 
     nowcast-jax train --config configs/NAME.py[:VARIANT] --workdir DIR [--config.KEY=VALUE ...]
     nowcast-jax train --workdir DIR [--config.KEY=VALUE ...]      # continue with DIR's config
     nowcast-jax evaluate --workdir DIR [--split test] [--config.KEY=VALUE ...]
-
     nowcast-jax export --workdir DIR --out FILE.jaxexport [--platforms cpu,cuda]
     nowcast-jax predict (--workdir DIR | --artifact FILE) --input PATH --out PATH
 
@@ -18,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -26,6 +24,7 @@ from typing import Callable
 from nowcast_jax import applications
 from nowcast_jax.engine import config as config_lib
 from nowcast_jax.engine.defaults import EngineConfigError
+from nowcast_jax.engine.lock import WorkdirLockedError
 from nowcast_jax.engine.workdir import WorkdirError, stored_config
 from nowcast_jax.metrics import json_safe
 
@@ -36,25 +35,21 @@ class CLIError(Exception):
 
 
 def configure_runtime() -> None:
-    """Process-wide runtime settings, applied before JAX computes anything (XLA flags etc.).
+    """Process-wide runtime settings, applied before JAX computes anything.
 
     The CLI owns its process, so it tunes the host allocator here
     (:func:`nowcast_jax.engine.runtime.tune_host_allocator`; ``NOWCAST_JAX_HOST_ALLOCATOR=default``
-    opts out, another value is a user error). Add CPU/GPU speed flags here too (e.g. append
-    to ``XLA_FLAGS`` with ``os.environ.setdefault``) so that every subcommand gets them.
-    Multi-host runs call ``jax.distributed.initialize()`` here (see ``nowcast_jax.engine.state``'s
-    module docstring) when ``NOWCAST_JAX_DISTRIBUTED=1``.
+    opts out, another value is a user error), and with ``NOWCAST_JAX_DISTRIBUTED=1`` joins a
+    multi-process run (:mod:`nowcast_jax.engine.distributed`: ``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, or JAX's cluster detection).
     """
-    from nowcast_jax.engine import runtime
+    from nowcast_jax.engine import distributed, runtime
 
     try:
         runtime.tune_host_allocator()
-    except ValueError as err:  # a bad NOWCAST_JAX_HOST_ALLOCATOR
+        distributed.initialize()
+    except (ValueError, distributed.DistributedError) as err:  # bad variables, a peer that never came
         raise CLIError(str(err)) from None
-    if os.environ.get("NOWCAST_JAX_DISTRIBUTED") == "1":
-        import jax
-
-        jax.distributed.initialize()
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -163,48 +158,6 @@ def _run_evaluate(args, overrides: list[str]) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------ dispatch
-@dataclasses.dataclass
-class Subcommand:
-    help: str
-    add_args: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace, list[str]], int]
-
-
-SUBCOMMANDS: dict[str, Subcommand] = {
-    "train": Subcommand("train a model (resumes from the workdir's checkpoints)", _train_args, _run_train),
-    "evaluate": Subcommand("score the best checkpoint on the test split", _evaluate_args, _run_evaluate),
-    # "predict": Subcommand(...), "export": Subcommand(...)  <- added by their modules' authors
-}
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nowcast-jax", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, cmd in SUBCOMMANDS.items():
-        cmd.add_args(sub.add_parser(name, help=cmd.help))
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _build_parser()
-    args, extra = parser.parse_known_args(argv)
-    try:
-        overrides = _split_overrides(extra)
-        configure_runtime()
-        return SUBCOMMANDS[args.command].run(args, overrides)
-    except (CLIError, WorkdirError, config_lib.ConfigError, EngineConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # engine config / checkpoint errors: a message, no traceback wall
-        from nowcast_jax.engine.checkpoint import CheckpointError
-
-        if isinstance(err, CheckpointError):
-            print(f"error: {err}", file=sys.stderr)
-            return 3
-        raise
-
-
 # ------------------------------------------------------------------------------ export / predict
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, type=Path)
@@ -307,10 +260,49 @@ def _run_predict(args, overrides: list[str]) -> int:
     return 0
 
 
-SUBCOMMANDS["export"] = Subcommand("write the best checkpoint as a jax.export artifact + JSON sidecar",
-                                   _export_args, _run_export)
-SUBCOMMANDS["predict"] = Subcommand("forecast new radar frames or station observations", _predict_args,
-                                    _run_predict)
+# ------------------------------------------------------------------------------ dispatch
+@dataclasses.dataclass
+class Subcommand:
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, list[str]], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "train": Subcommand("train a model (resumes from the workdir's checkpoints)", _train_args, _run_train),
+    "evaluate": Subcommand("score the best checkpoint on the test split", _evaluate_args, _run_evaluate),
+    "export": Subcommand("write the best checkpoint as a jax.export artifact + JSON sidecar",
+                         _export_args, _run_export),
+    "predict": Subcommand("forecast new radar frames or station observations", _predict_args, _run_predict),
+}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nowcast-jax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, cmd in SUBCOMMANDS.items():
+        cmd.add_args(sub.add_parser(name, help=cmd.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        overrides = _split_overrides(extra)
+        configure_runtime()
+        return SUBCOMMANDS[args.command].run(args, overrides)
+    except (CLIError, WorkdirError, WorkdirLockedError, config_lib.ConfigError, EngineConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # engine config / checkpoint errors: a message, no traceback wall
+        from nowcast_jax.engine.checkpoint import CheckpointError
+
+        if isinstance(err, CheckpointError):
+            print(f"error: {err}", file=sys.stderr)
+            return 3
+        raise
+
 
 
 if __name__ == "__main__":

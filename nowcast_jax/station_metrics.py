@@ -37,13 +37,13 @@ def _pairs(pred, obs, mask=None):
     return pred, obs, valid
 
 
-def mae(pred, obs, mask=None) -> np.ndarray:
+def mean_absolute_error(pred, obs, mask=None) -> np.ndarray:
     """Mean absolute error per horizon ``[n_h]``."""
     p, o, v = _pairs(pred, obs, mask)
     return safe_ratio(np.where(v, np.abs(p - o), 0).sum(0), v.sum(0))
 
 
-def rmse(pred, obs, mask=None) -> np.ndarray:
+def root_mean_squared_error(pred, obs, mask=None) -> np.ndarray:
     """Root mean squared error per horizon ``[n_h]``."""
     p, o, v = _pairs(pred, obs, mask)
     return np.sqrt(safe_ratio(np.where(v, (p - o) ** 2, 0).sum(0), v.sum(0)))
@@ -180,7 +180,8 @@ def station_scores(pred, obs, mask=None, thresholds: Sequence[float] = (1000.0,)
         pred, obs = np.asarray(pred)[:, None], np.asarray(obs)[:, None]
         mask = None if mask is None else np.asarray(mask).reshape(np.shape(mask) + (1,))
     _, _, v = _pairs(pred, obs, mask)
-    out = {"n": v.sum(0).astype(np.int64), "mae": mae(pred, obs, mask), "rmse": rmse(pred, obs, mask),
+    out = {"n": v.sum(0).astype(np.int64), "mae": mean_absolute_error(pred, obs, mask),
+           "rmse": root_mean_squared_error(pred, obs, mask),
            "pearson_r": pearson_r(pred, obs, mask),
            "lag_correlation": lag_correlation(pred, obs, max_lag, mask, times, step, groups)}
     out.update(below_threshold_contingency(pred, obs, thresholds, mask, op))

@@ -28,10 +28,10 @@ def test_mae_rmse_pearson_against_numpy():
     for h in range(3):
         ok = mask[:, h] & np.isfinite(pred[:, h]) & np.isfinite(obs[:, h])
         p, o = pred[ok, h], obs[ok, h]
-        np.testing.assert_allclose(sm.mae(pred, obs, mask)[h], np.mean(np.abs(p - o)))
-        np.testing.assert_allclose(sm.rmse(pred, obs, mask)[h], np.sqrt(np.mean((p - o) ** 2)))
+        np.testing.assert_allclose(sm.mean_absolute_error(pred, obs, mask)[h], np.mean(np.abs(p - o)))
+        np.testing.assert_allclose(sm.root_mean_squared_error(pred, obs, mask)[h], np.sqrt(np.mean((p - o) ** 2)))
         np.testing.assert_allclose(sm.pearson_r(pred, obs, mask)[h], np.corrcoef(p, o)[0, 1])
-    assert sm.rmse(pred[:, 0], obs[:, 0]).shape == (1,)
+    assert sm.root_mean_squared_error(pred[:, 0], obs[:, 0]).shape == (1,)
 
 
 def test_lag_correlation_definition():
@@ -136,7 +136,7 @@ def test_station_scores_bundle_and_percent_change():
 def test_errors_name_the_problem():
     pred, obs = _series(6)
     with pytest.raises(ValueError, match="pred shape"):
-        sm.mae(pred, obs[:, :2])
+        sm.mean_absolute_error(pred, obs[:, :2])
     with pytest.raises(ValueError, match="max_lag"):
         sm.lag_correlation(pred, obs, max_lag=-1)
     with pytest.raises(ValueError, match="strictly increasing"):

@@ -17,8 +17,11 @@ old ``max_to_keep`` + ``best_fn`` options, where the best-N ranking replaced rec
 
 Crash safety. Orbax writes each step into a ``*.orbax-checkpoint-tmp-*`` directory and
 renames it when complete, so a process SIGKILLed at any moment leaves either a complete
-step or a tmp directory; tmp directories are deleted when the next manager opens the
-directory (``cleanup_tmp_directories``), and the latest *complete* step is used.
+step or a tmp directory; tmp directories are deleted when the next *writer* opens the
+directory (``cleanup_tmp_directories``), and the latest *complete* step is used. Readers
+(``read_only=True``: evaluate, export, predict) never delete, move or write anything, so a
+live trainer's in-progress save is safe from them (the trainer holds the workdir's lock,
+:mod:`nowcast_jax.engine.lock`).
 
 Corruption. ``restore`` checks the saved tree against the expected one (paths, shapes,
 dtypes) before reading any array: a structural mismatch is a :class:`CheckpointMismatchError`
@@ -138,10 +141,13 @@ class CheckpointManager:
         or None disables best-keeping (then ``best_step() == latest_step()``).
       best_mode: ``"min"`` or ``"max"``.
       async_save: write in a background thread (call :meth:`wait` / :meth:`close`).
+      read_only: a reader (evaluate, export, predict) of a workdir a trainer may be writing:
+        nothing on disk is created, cleaned up, deleted or moved (a step that cannot be read
+        is skipped, not quarantined), and :meth:`save` refuses.
     """
 
     def __init__(self, directory, *, max_to_keep: int = 3, best_metric: str | None = None,
-                 best_mode: str = "min", async_save: bool = True):
+                 best_mode: str = "min", async_save: bool = True, read_only: bool = False):
         if max_to_keep < 1:
             raise CheckpointError(f"checkpoint.max_to_keep must be >= 1, got {max_to_keep}")
         if best_mode not in ("min", "max"):
@@ -152,6 +158,9 @@ class CheckpointManager:
         self.best_mode = best_mode
         self._max_to_keep = max_to_keep
         self._async = async_save
+        self.read_only = read_only
+        if read_only and not self.directory.is_dir():
+            raise CheckpointError(f"no checkpoint in {self.directory}")
         self._manager = self._open()
 
     # ----------------------------------------------------------------------------- setup
@@ -171,9 +180,10 @@ class CheckpointManager:
             preservation_policy=self._policy(),
             best_fn=(lambda m: float(m[self.best_metric])) if self.best_metric else None,
             best_mode=self.best_mode,
-            create=True,
-            cleanup_tmp_directories=True,
-            enable_async_checkpointing=self._async,
+            create=not self.read_only,
+            cleanup_tmp_directories=not self.read_only,  # a reader must not delete a live save
+            read_only=self.read_only,
+            enable_async_checkpointing=self._async and not self.read_only,
         )
         manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(STATE, META),
@@ -223,6 +233,8 @@ class CheckpointManager:
         Returns False when ``step`` already exists. ``metrics`` (scalars) rank the step for
         best-keeping; the save is asynchronous unless ``async_save=False``.
         """
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} was opened read-only (for evaluation), not for saving")
         if step in self._manager.all_steps():
             return False
         metrics = {k: float(v) for k, v in (metrics or {}).items()}
@@ -307,11 +319,10 @@ class CheckpointManager:
                 raise
             except Exception as err:  # noqa: BLE001 - any read failure means "corrupt"
                 failures.append(f"step {s}: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
-                moved = self._quarantine(s)
+                where = "left it in place (read-only)" if self.read_only else f"moved it to {self._quarantine(s)}"
                 if not fallback:
                     break
-                _warn(f"could not restore step {s} ({failures[-1]}); moved it to {moved}; "
-                      f"falling back to the previous step")
+                _warn(f"could not restore step {s} ({failures[-1]}); {where}; falling back to the previous step")
         raise CheckpointCorruptError(f"no restorable checkpoint in {self.directory}:\n  " + "\n  ".join(failures))
 
     def _quarantine(self, step: int) -> Path:

@@ -19,6 +19,7 @@ After ``train.max_consecutive_skips`` consecutive non-finite updates it raises
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
@@ -31,6 +32,7 @@ import jax
 import numpy as np
 
 from nowcast_jax.engine import checkpoint as ckpt_lib
+from nowcast_jax.engine import lock as lock_lib
 from nowcast_jax.engine import config as config_lib
 from nowcast_jax.engine import state as state_lib
 from nowcast_jax.engine.defaults import EngineConfigError
@@ -82,8 +84,11 @@ class _StopFlag:
 class MetricsLog:
     """JSONL log (and optional TensorBoard) in ``workdir``; truncated to ``start_step``."""
 
-    def __init__(self, workdir: Path, start_step: int, tensorboard: bool = False):
+    def __init__(self, workdir: Path, start_step: int, tensorboard: bool = False, enabled: bool = True):
         self.path = workdir / "metrics.jsonl"
+        self._file, self._tb = None, None
+        if not enabled:  # not process 0 of a multi-host run: process 0 writes the log
+            return
         self._truncate(start_step)
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = _TensorBoard(workdir / "tensorboard") if tensorboard else None
@@ -103,6 +108,8 @@ class MetricsLog:
         tmp.replace(self.path)
 
     def write(self, step: int, kind: str, values: dict) -> None:
+        if self._file is None:
+            return
         record = {"step": int(step), "kind": kind, "time": time.time(),
                   **{k: _py(v) for k, v in values.items()}}
         self._file.write(json.dumps(record) + "\n")
@@ -111,7 +118,8 @@ class MetricsLog:
             self._tb.scalars(step, {f"{kind}/{k}": v for k, v in values.items()})
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -177,13 +185,14 @@ class Progress:
 
 
 # ------------------------------------------------------------------------------ the loop
-def open_checkpoints(config, workdir: Path) -> ckpt_lib.CheckpointManager:
-    """The workdir's checkpoint manager, configured from ``config.checkpoint``."""
+def open_checkpoints(config, workdir: Path, *, read_only: bool = False) -> ckpt_lib.CheckpointManager:
+    """The workdir's checkpoint manager, configured from ``config.checkpoint``; ``read_only``
+    for readers, which must leave a live trainer's files alone."""
     c = config.checkpoint
     best = c.best_metric if config.eval.every_steps > 0 else ""
     return ckpt_lib.CheckpointManager(Path(workdir) / "checkpoints", max_to_keep=c.max_to_keep,
                                       best_metric=best, best_mode=c.best_mode,
-                                      async_save=c.async_save)
+                                      async_save=c.async_save, read_only=read_only)
 
 
 def _start_state(config, task, tx, mesh, manager) -> tuple[state_lib.TrainState, int]:
@@ -305,16 +314,19 @@ def train(config, workdir, task, *, mesh=None, stream=None) -> TrainResult:
         raise EngineConfigError(f"train.batch_size={bs} must be a positive multiple of the number of devices ({mesh.devices.size})")
     tx, schedule = state_lib.optimizer_from_config(config.train)
     _check_best_metric(config, task, state_lib.abstract_state(task, tx, config.seed, mesh))
-    manager = open_checkpoints(config, workdir)
-    try:
-        state, start = _start_state(config, task, tx, mesh, manager)
-        _write_atomic(workdir / "config.json", config_lib.to_json(config))
-        if start >= total:
-            _say(f"checkpoint is at step {start} >= train.steps={total}: nothing to do")
-            return TrainResult(start, "already_done", manager.latest_step(), manager.best_step(), state)
-        return _run(config, workdir, task, manager, mesh, tx, schedule, state, start, stream)
-    finally:
-        manager.close()
+    lead = jax.process_index() == 0  # the one process that locks and writes logs and configs
+    with lock_lib.writer_lock(workdir, _say) if lead else contextlib.nullcontext():
+        manager = open_checkpoints(config, workdir)
+        try:
+            state, start = _start_state(config, task, tx, mesh, manager)
+            if lead:
+                _write_atomic(workdir / "config.json", config_lib.to_json(config))
+            if start >= total:
+                _say(f"checkpoint is at step {start} >= train.steps={total}: nothing to do")
+                return TrainResult(start, "already_done", manager.latest_step(), manager.best_step(), state)
+            return _run(config, workdir, task, manager, mesh, tx, schedule, state, start, stream)
+        finally:
+            manager.close()
 
 
 def _run(config, workdir, task, manager, mesh, tx, schedule, state, start, stream) -> TrainResult:
@@ -322,7 +334,7 @@ def _run(config, workdir, task, manager, mesh, tx, schedule, state, start, strea
     total, bs, seed = int(config.train.steps), int(config.train.batch_size), int(config.seed)
     train_step = state_lib.make_train_step(task, tx, schedule, seed, mesh)
     eval_step = state_lib.make_eval_step(task, seed, mesh)
-    log = MetricsLog(workdir, start, bool(config.train.tensorboard))
+    log = MetricsLog(workdir, start, bool(config.train.tensorboard), enabled=jax.process_index() == 0)
     progress = Progress(start, total, stream)
     pending, reason, step = None, "done", start
     try:

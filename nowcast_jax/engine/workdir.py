@@ -48,7 +48,7 @@ def restore_params(config, workdir, task, step: int | None = None) -> tuple[int,
 
     mesh = state_lib.make_mesh()
     tx, _ = state_lib.optimizer_from_config(config.train)
-    manager = loop.open_checkpoints(config, Path(workdir))
+    manager = loop.open_checkpoints(config, Path(workdir), read_only=True)  # a trainer may be writing
     try:
         if step is None:
             step = manager.best_step()

@@ -1,0 +1,66 @@
+"""One writer per workdir: an advisory lock held by the process that trains in it.
+
+``train`` holds ``WORKDIR/train.lock`` (``fcntl.flock``, exclusive, non-blocking) from
+before it reads a checkpoint until its last save is written. A second trainer fails at once
+with :class:`WorkdirLockedError`, naming the holder's host, pid and start time. The kernel
+drops a flock when its process dies, even by SIGKILL, so a lock file left by a killed run
+is stale by construction: the next trainer takes it over and says so. Readers (evaluate,
+export, predict) take no lock and never modify the workdir (see the read-only checkpoint
+manager in :mod:`nowcast_jax.engine.checkpoint`).
+
+In a multi-host run only process 0 takes the lock (and writes logs and configs); the
+others write checkpoint shards through orbax's multi-process protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Callable, Iterator
+
+LOCK_NAME = "train.lock"
+
+
+class WorkdirLockedError(RuntimeError):
+    """Another live process trains in this workdir."""
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"pid {info['pid']} on host {info['host']}, started {info['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "an unknown process"
+
+
+@contextlib.contextmanager
+def writer_lock(workdir, say: Callable[[str], None] = print) -> Iterator[Path]:
+    """Hold the workdir's writer lock for the ``with`` block (yields the lock file's path)."""
+    import fcntl  # POSIX only; the engine runs on Linux and macOS
+
+    path = Path(workdir) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+            raise WorkdirLockedError(
+                f"{workdir} is being trained by {holder} (lock {path}): wait for that run to finish "
+                "(or stop it), or give another --workdir") from None
+        previous = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        if previous:
+            say(f"took over the lock of a run that is gone ({_holder(previous)})")
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        os.fsync(fd)
+        yield path
+        os.ftruncate(fd, 0)  # a clean exit leaves an empty (free) lock file
+    finally:
+        os.close(fd)  # closing releases the flock
