@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Callable
 
 from nowcast_jax import applications
 from nowcast_jax.engine import config as config_lib
-from nowcast_jax.engine.defaults import EngineConfigError
+from nowcast_jax.engine.defaults import EngineConfigError, check_engine_config
 from nowcast_jax.engine.lock import WorkdirLockedError
 from nowcast_jax.engine.workdir import WorkdirError, stored_config
 from nowcast_jax.metrics import json_safe
@@ -89,6 +90,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def _run_train(args, overrides: list[str]) -> int:
     config = _resolve_config(args.config, args.workdir, overrides)
+    check_engine_config(config)  # before the task reads any data
     task = applications.make_task(config)
     from nowcast_jax.engine import loop
 
@@ -105,6 +107,24 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, type=Path)
     p.add_argument("--split", default="test")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where scores and plots go (default: DIR/eval, or DIR/eval_<data> with --config.data.* "
+                        "overrides, so scoring other data never overwrites the run's own evaluation)")
+
+
+def _eval_dir(args, overrides: list[str]) -> Path:
+    """``--out``, else ``WORKDIR/eval``; evaluating other data (``data.*`` overrides) goes to
+    ``WORKDIR/eval_<what changed>`` instead, e.g. ``eval_path-LGA_2014.csv-3f2a9c1e``."""
+    if args.out is not None:
+        return args.out
+    data = sorted(o for o in overrides if o.startswith("data."))
+    if not data:
+        return args.workdir / "eval"
+    words = [o[len("data."):].replace("=", "-") for o in data]
+    words = [w.rsplit("/", 1)[-1] if "/" in w else w for w in words]  # a path: its file name
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in "_".join(words))[:60]
+    digest = hashlib.sha1("\n".join(data).encode()).hexdigest()[:8]
+    return args.workdir / f"eval_{slug}-{digest}"
 
 
 def format_table(results: dict) -> str:
@@ -146,7 +166,7 @@ def _engine_scores(run, split: str) -> dict:
 
 def _run_evaluate(args, overrides: list[str]) -> int:
     app, run = _restore_run(args, overrides)
-    out = args.workdir / "eval"
+    out = _eval_dir(args, overrides)
     out.mkdir(parents=True, exist_ok=True)
     evaluate = app.hook("evaluate")
     results = evaluate(run, args.split, out_dir=out) if evaluate else _engine_scores(run, args.split)

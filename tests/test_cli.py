@@ -119,7 +119,13 @@ def test_evaluate_restores_best_and_writes_metrics(straight):
     assert f"checkpoint step {best}" in proc.stdout
     assert "model" in proc.stdout and "lead3" in proc.stdout
     # overrides apply to the stored config (here: a different test-set size); typos fail
+    own = (straight / "eval" / "metrics.json").read_text()
     _assert_ok(run_cli("evaluate", "--workdir", straight, "--config.data.eval_size=8"), "evaluate override")
+    assert (straight / "eval" / "metrics.json").read_text() == own  # other data: never over the run's own
+    other = [d for d in straight.iterdir() if d.name.startswith("eval_eval_size-8-")]
+    assert len(other) == 1 and (other[0] / "metrics.json").is_file()
+    _assert_ok(run_cli("evaluate", "--workdir", straight, "--out", straight / "mine"), "evaluate --out")
+    assert (straight / "mine" / "metrics.json").is_file()
     bad = run_cli("evaluate", "--workdir", straight, "--config.data.eval_sise=8")
     assert bad.returncode == 2 and "data.eval_sise" in bad.stderr and "data.eval_size" in bad.stderr
 
@@ -149,6 +155,9 @@ def test_config_errors_fail_before_training(tmp_path, capsys, override, message)
     ("--config.checkpoint.best_metric=los", "checkpoint.best_metric='los' is not an eval metric of task 'tests.toy_task:make_task' (have: loss, mae)"),
     ("--config.train.optimizer.name=sgd", "train.optimizer.name must be 'adam' or 'rmsprop'"),
     ("--config.train.batch_size=0", "train.batch_size"),
+    ("--config.train.steps=-1", "train.steps=-1: must be a whole number >= 1"),
+    ("--config.train.learning_rate=-0.001", "train.learning_rate=-0.001: must be > 0"),
+    ("--config.checkpoint.max_to_keep=0", "checkpoint.max_to_keep=0: must be >= 1"),
 ])
 def test_engine_config_errors_fail_before_training(tmp_path, capsys, override, message):
     assert cli.main(["train", "--config", TOY, "--workdir", str(tmp_path), override]) == 2

@@ -275,6 +275,8 @@ class CheckpointManager:
         """Raise :class:`CheckpointMismatchError` if ``step``'s tree differs from ``target``."""
         saved = _metadata_signature(self._manager.item_metadata(step)[STATE])
         expected = _tree_signature(target)
+        if not saved and expected:  # no readable array metadata: a damaged step, not another model
+            raise CheckpointCorruptError(f"step {step}: its array metadata is missing or unreadable")
         if saved != expected:
             raise CheckpointMismatchError(
                 f"checkpoint step {step} in {self.directory} does not match the model/optimizer "

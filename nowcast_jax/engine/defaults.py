@@ -38,3 +38,31 @@ def default_engine_config() -> ml_collections.ConfigDict:
         every_steps=500, max_to_keep=3, best_metric="loss", best_mode="min", async_save=True))
     c.eval = ml_collections.ConfigDict(dict(every_steps=500, batches=8, batch_size=0, split="val"))
     return c
+
+
+_RULES = (  # (key, test, what a valid value is)
+    ("train.steps", lambda v: v >= 1, "a whole number >= 1"),
+    ("train.batch_size", lambda v: v >= 1, "a whole number >= 1 (and a multiple of the device count)"),
+    ("train.learning_rate", lambda v: v > 0, "> 0 (a negative rate would ascend the loss)"),
+    ("train.grad_clip_norm", lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
+    ("train.weight_decay", lambda v: v >= 0, ">= 0 (0 turns it off)"),
+    ("train.schedule.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("train.max_consecutive_skips", lambda v: v >= 0, ">= 0 (0: never stop)"),
+    ("train.log_every_steps", lambda v: v >= 0, ">= 0"),
+    ("checkpoint.every_steps", lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    ("checkpoint.max_to_keep", lambda v: v >= 1, ">= 1"),
+    ("eval.every_steps", lambda v: v >= 0, ">= 0 (0: no periodic evaluation)"),
+    ("eval.batches", lambda v: v >= 0, ">= 0 (0: every batch)"),
+    ("eval.batch_size", lambda v: v >= 0, ">= 0 (0: train.batch_size)"),
+)
+
+
+def check_engine_config(config) -> None:
+    """Raise :class:`EngineConfigError` naming the first engine key whose value cannot work;
+    called before any data are read or any step runs."""
+    for key, ok, valid in _RULES:
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        if isinstance(node, bool) or not isinstance(node, (int, float)) or not ok(node):
+            raise EngineConfigError(f"{key}={node!r}: must be {valid}")

@@ -35,7 +35,7 @@ from nowcast_jax.engine import checkpoint as ckpt_lib
 from nowcast_jax.engine import lock as lock_lib
 from nowcast_jax.engine import config as config_lib
 from nowcast_jax.engine import state as state_lib
-from nowcast_jax.engine.defaults import EngineConfigError
+from nowcast_jax.engine.defaults import EngineConfigError, check_engine_config
 
 
 class NonFiniteError(RuntimeError):
@@ -306,6 +306,7 @@ def _due(step: int, every: int, total: int) -> bool:
 
 def train(config, workdir, task, *, mesh=None, stream=None) -> TrainResult:
     """Train ``task`` for ``config.train.steps`` steps in ``workdir`` (resuming if possible)."""
+    check_engine_config(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = mesh or state_lib.make_mesh()

@@ -138,3 +138,18 @@ def test_existing_step_is_not_overwritten(tmp_path):
     with _fill(tmp_path, {1: 1.0}) as m:
         assert m.save(1, _state(5)) is False
         assert int(m.restore(_abstract()).state["step"]) == 1
+
+
+def test_missing_array_metadata_falls_back_and_a_reader_moves_nothing(tmp_path):
+    """A deleted ``state/_METADATA`` is damage (the older step is used), not "another model";
+    a read-only manager falls back too, but leaves the damaged step where it is."""
+    _fill(tmp_path, {1: 2.0, 2: 1.0}, max_to_keep=3).close()
+    (tmp_path / "2" / "state" / "_METADATA").unlink()
+    with ckpt.CheckpointManager(tmp_path, async_save=False, read_only=True) as reader:
+        assert reader.restore(_abstract()).step == 1
+        with pytest.raises(ckpt.CheckpointError, match="read-only"):
+            reader.save(3, _state(3))
+    assert (tmp_path / "2").is_dir() and not (tmp_path.parent / (tmp_path.name + "_quarantine")).exists()
+    with ckpt.CheckpointManager(tmp_path, async_save=False) as writer:
+        assert writer.restore(_abstract()).step == 1
+    assert not (tmp_path / "2").exists()  # the writer quarantined it
