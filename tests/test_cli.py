@@ -188,3 +188,18 @@ def test_bad_model_value_of_the_precip_task_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: config.model: conv_lstm: unknown conv_impl 'fft'") and err.count("\n") == 1
     assert not workdir.exists()
+
+
+def test_environment_mistakes_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    full = OSError(28, "No space left on device", str(tmp_path / "checkpoints"))
+    assert cli._user_error(full) == (f"cannot write ({tmp_path / 'checkpoints'}): No space left on device; "
+                                     "free space or choose a writable --workdir / --out")
+    missing = ModuleNotFoundError("No module named 'pysteps'", name="pysteps")
+    assert cli._user_error(missing) == "this needs the optional package 'pysteps': pip install 'nowcast-jax[radar]'"
+    assert cli._user_error(ModuleNotFoundError("x", name="numpyy")) is None  # not ours: a bug, keep the traceback
+    assert cli._user_error(KeyError("bug")) is None
+    args = ["train", "--config", TOY, "--workdir", str(tmp_path / "wd"), "--config.train.steps=0"]
+    assert cli.main(args) == 2 and capsys.readouterr().err.count("\n") == 1
+    monkeypatch.setenv("NOWCAST_JAX_DEBUG", "1")
+    with pytest.raises(Exception, match="train.steps=0"):
+        cli.main(args)
