@@ -17,7 +17,7 @@ or ``../shared/data``); the first ``n_train_digits`` feed training sequences, th
 
 import ml_collections
 
-from nowcast_jax.engine.state import default_engine_config
+from nowcast_jax.engine.defaults import default_engine_config
 
 
 def _cpu_budget(c):

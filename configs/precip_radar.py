@@ -13,7 +13,13 @@ Pointing it at another archive: ``data.importer`` (pysteps name, e.g. ``bom_rf3`
 pattern), ``data.timestep_minutes``, ``data.input_frames``, ``data.output_frames``,
 ``data.downsample``, ``data.crop_size``, ``data.eval_crop_size`` (0 = full frame; both must
 be multiples of ``model.patch_size`` after downsampling), ``data.test_events`` /
-``data.val_events`` (event index or id prefix).
+``data.val_events`` (event index or id prefix), ``data.zr_a`` / ``data.zr_b`` (Z-R for
+reflectivity importers; 0 = from the importer's metadata). These settings, the downsampled
+grid and the rain transform form the fitted contract (``nowcast_jax.precip.preprocess``)
+saved with every checkpoint and export. A restored run keeps the checkpoint's rain
+transform and reads what the config says (``evaluate --config.data.files=...`` on another
+archive or grid works); ``data.downsample``, ``data.timestep_minutes``,
+``data.input_frames`` and ``data.output_frames`` must stay the checkpoint's.
 
 Variants: ``cpu`` (trains on a 2-core CPU in about 20 minutes; see
 ``experiments/radar.py``) and ``tiny`` (seconds, for tests).
@@ -21,7 +27,7 @@ Variants: ``cpu`` (trains on a 2-core CPU in about 20 minutes; see
 
 import ml_collections
 
-from nowcast_jax.engine.state import default_engine_config
+from nowcast_jax.engine.defaults import default_engine_config
 
 HKO7_THRESHOLDS = (0.5, 2.0, 5.0, 10.0, 30.0)
 HKO7_WEIGHTS = (1.0, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -52,7 +58,7 @@ def get_config(variant=None):
         timestep_minutes=5.0, input_frames=5, output_frames=10, event_gap_minutes=60.0,
         downsample=2, crop_size=64, eval_crop_size=(320, 352), augment=True,
         min_rain_fraction=0.1, rain_threshold=0.5, max_tries=20,
-        transform="log1p", transform_scale=1.0,
+        transform="log1p", transform_scale=1.0, zr_a=0.0, zr_b=0.0,
         test_events=("20170131",), val_events=(), cache_dir=""))
     c.model = ml_collections.ConfigDict(dict(
         cell="convlstm", patch_size=4, hidden=(64, 64), kernel_x=5, kernel_h=5, peepholes=True, peephole_shape=(),

@@ -20,19 +20,20 @@ Variants:
 Another station file: only ``--config.data.*`` overrides, e.g.
 ``--config.data.path=obs.csv --config.data.time_column=valid --config.data.station_column=""
 --config.data.columns.visibility=vsby --config.data.units.visibility=km ...``
-(``data`` mirrors the keywords of ``nowcast_jax.visibility.dataset.load_station_dataset``).
+(``data`` mirrors the keywords of ``nowcast_jax.visibility.dataset.data_spec``; the fitted
+preprocessing contract they give is stored with every checkpoint and export).
 """
 
 import ml_collections
 
 from nowcast_jax.visibility.readers import DEFAULT_VALID_RANGES, nycflights13_defaults
-from nowcast_jax.engine.state import default_engine_config
+from nowcast_jax.engine.defaults import default_engine_config
 
 VARIANTS = ("mlp", "fog", "fog2", "tiny")
 
 
 def data_config() -> ml_collections.ConfigDict:
-    """The data section: keyword arguments of ``load_station_dataset`` (nycflights13)."""
+    """The data section: keyword arguments of ``data_spec`` (nycflights13)."""
     nyc = nycflights13_defaults()
     return ml_collections.ConfigDict(dict(
         path="", time_column=nyc["time_column"], time_format=nyc["time_format"],

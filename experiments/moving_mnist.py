@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from nowcast_jax.engine import config as config_lib  # noqa: E402
 from nowcast_jax.engine import state as engine  # noqa: E402
+from nowcast_jax.precip import evaluate as precip_evaluate  # noqa: E402
 from nowcast_jax.precip import task as precip  # noqa: E402
 
 
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
         n_params = sum(x.size for x in jax.tree.leaves(task.init_params(jax.random.key(0))))
         print(f"{variant}: {config.model.cell} hidden={tuple(config.model.hidden)} params={n_params}", flush=True)
         params, steps, used, loss = train_for(task, config, 60 * args.minutes)
-        scores = task.evaluate(params, "test", out_dir=args.out / variant)
+        scores = precip_evaluate.score_moving_mnist(task, params, "test", out_dir=args.out / variant)
         results[variant] = {"cell": config.model.cell, "hidden": list(config.model.hidden), "params": int(n_params),
                             "steps": steps, "train_seconds": used, "last_train_loss": loss,
                             "batch_size": int(config.train.batch_size), **scores}

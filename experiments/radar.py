@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from nowcast_jax.engine import config as config_lib  # noqa: E402
 from nowcast_jax.engine import loop  # noqa: E402
+from nowcast_jax.precip import evaluate as precip_evaluate  # noqa: E402
 from nowcast_jax.precip import task as precip  # noqa: E402
 
 FORECASTERS = ("model", "persistence", "optical_flow")
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     config = config_lib.apply_overrides(
         config_lib.load_config(str(REPO / "configs" / f"precip_radar.py:{args.variant}")), args.overrides)
     task = precip.make_task(config)
-    print(json.dumps(task.source.ds.stats), flush=True)
+    print(json.dumps(task.dataset.stats), flush=True)
     timer = threading.Timer(60 * args.max_minutes, lambda: os.kill(os.getpid(), signal.SIGTERM))
     timer.daemon = True
     t0 = time.time()
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     print(f"trained {result.step} steps in {train_s:.0f}s ({result.reason})", flush=True)
     t1 = time.time()
     out = args.workdir / "eval"
-    scores = task.evaluate(result.state.params, "test", out_dir=out)
+    scores = precip_evaluate.score_radar(task, result.state.params, "test", out_dir=out)
     scores.update(steps=result.step, train_seconds=train_s, eval_seconds=time.time() - t1,
                   timestep_minutes=float(config.data.timestep_minutes))
     (out / "metrics.json").write_text(json.dumps(scores, indent=2, default=float))

@@ -17,6 +17,7 @@ Everything uses ``configs/visibility.py`` plus the overrides listed in :data:`RU
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -32,8 +33,15 @@ import numpy as np  # noqa: E402
 
 from nowcast_jax.engine import config as config_lib  # noqa: E402
 from nowcast_jax import metrics  # noqa: E402
-from nowcast_jax.engine import loop
+from nowcast_jax.engine import loop  # noqa: E402
+from nowcast_jax.engine import workdir as workdir_lib  # noqa: E402
+from nowcast_jax.visibility import evaluate as ev  # noqa: E402
 from nowcast_jax.visibility import task as vis  # noqa: E402
+from nowcast_jax.visibility.members import MemberRuns  # noqa: E402
+
+#: The runs every evaluation of this script combines (ensembles, value models, the MLP),
+#: each restored once.
+MEMBERS = MemberRuns()
 
 CONFIG = str(REPO / "configs" / "visibility.py")
 
@@ -144,20 +152,21 @@ def train_and_evaluate(name: str, out: Path, extra: list[str], mlp_workdir: Path
     train_s = time.time() - t0
     eval_extra = [f"eval.mlp_workdir={mlp_workdir}"] if mlp_workdir is not None and name not in ("mlp8", "lstm8_random") \
         else []  # the random split's test windows overlap the MLP's training data: no MLP row
-    task, params = vis.restore_task(workdir)
+    run = workdir_lib.restore(workdir, vis.make_task)
     # this run's eval.* keys (a reused checkpoint's config.json holds its own run's)
-    task.config = config_lib.copy_config(task.config)
-    task.config.eval = config_lib.copy_config(config).eval
-    task.config = config_lib.apply_overrides(task.config, eval_extra)
+    eval_config = config_lib.copy_config(run.config)
+    eval_config.eval = config_lib.copy_config(config).eval
+    run = dataclasses.replace(run, config=config_lib.apply_overrides(eval_config, eval_extra))
+    task = run.task
     tag = name if split == "test" else f"{name}_{split}"
-    results = task.evaluate(params, split, out_dir=out / "plots" / tag)
+    results = ev.evaluate(run, split, out_dir=out / "plots" / tag, members=MEMBERS)
     info = {"train_seconds": round(train_s, 1), "description": RUNS[name][2], "split_scored": split,
             "windows": task.data.report["windows"], "split": task.data.report["split"]}
     if name == AIM_RUN:
-        info["bootstrap_vs_persistence"] = bootstrap_vs_persistence(task, params, split)
+        info["bootstrap_vs_persistence"] = bootstrap_vs_persistence(run, split)
     (out / f"{tag}.json").write_text(json.dumps(metrics.json_safe({"info": info, "results": results}), indent=2))
     print(f"== {name}: {RUNS[name][2]} (trained in {train_s:.0f} s)", flush=True)
-    print(vis.format_report(results, task.horizons_hours), flush=True)
+    print(ev.format_report(results, run), flush=True)
     return {"info": info, "results": results}
 
 
@@ -203,10 +212,10 @@ def day_block_bootstrap(event: np.ndarray, ref_event: np.ndarray, obs: np.ndarra
             "diff_q95": np.nanquantile(diff, 0.95, axis=0).tolist()}
 
 
-def bootstrap_vs_persistence(task, params, split: str, threshold: float = 1000.0) -> dict:
+def bootstrap_vs_persistence(run, split: str, threshold: float = 1000.0) -> dict:
     """:func:`day_block_bootstrap` of the model's CSI < ``threshold`` against persistence."""
-    w = task.split(split)
-    fc = task.forecast(params, split)
+    w = run.task.split(split)
+    fc = ev.model_forecast(run, split, MEMBERS)
     event = fc["event"] if fc["event"] is not None else fc["value"] < threshold
     ref = np.repeat((w.start_vis < threshold)[:, None], event.shape[1], axis=1)
     return day_block_bootstrap(event, ref, w.y < threshold, w.times.astype("datetime64[D]"))

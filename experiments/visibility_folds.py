@@ -41,6 +41,7 @@ bias-1 cut: per fold and horizon, among the training-calibrated cuts of bias
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -58,7 +59,9 @@ import pandas as pd  # noqa: E402
 import visibility as V  # noqa: E402  (experiments/visibility.py)
 from nowcast_jax.engine import config as config_lib  # noqa: E402
 from nowcast_jax import metrics  # noqa: E402
-from nowcast_jax.engine import loop
+from nowcast_jax.engine import loop  # noqa: E402
+from nowcast_jax.engine import workdir as workdir_lib  # noqa: E402
+from nowcast_jax.visibility import evaluate as ev  # noqa: E402
 from nowcast_jax.visibility import task as vis  # noqa: E402
 from nowcast_jax.visibility import scores as report  # noqa: E402
 from nowcast_jax.visibility.events import (  # noqa: E402
@@ -124,22 +127,25 @@ def fold_forecasts(fold: str, cut_rule: str = "train-bias1", recipe: str = V.AIM
     runs = runs_dir(fold)
     config = V.run_config(recipe, _fractions(fold), runs=runs)
     first = RECIPES[recipe][0]
-    task, params = vis.restore_task(runs / first)
-    if tuple(task.config.data.fractions) != tuple(FOLDS[fold][0]):
-        raise SystemExit(f"{runs}/{first} was trained with fractions {task.config.data.fractions}")
-    task.config = config_lib.copy_config(task.config)
-    task.config.eval = config_lib.copy_config(config).eval
-    fc = {"model": task.forecast(params, "test")}
+    run = workdir_lib.restore(runs / first, vis.make_task)
+    task = run.task
+    if tuple(run.config.data.fractions) != tuple(FOLDS[fold][0]):
+        raise SystemExit(f"{runs}/{first} was trained with fractions {run.config.data.fractions}")
+    eval_config = config_lib.copy_config(run.config)
+    eval_config.eval = config_lib.copy_config(config).eval
+    run = dataclasses.replace(run, config=eval_config)
+    fc = {"model": ev.model_forecast(run, "test", V.MEMBERS)}
     if cut_rule == "val-csi":
-        fc["model"].update(val_csi_cut(task, params))
-    fc.update({k: {"value": v, "event": None} for k, v in task.baseline_forecasts("test").items()})
+        fc["model"].update(val_csi_cut(run))
+    fc.update({k: {"value": v, "event": None} for k, v in ev.baseline_forecasts(task, "test").items()})
     return task, fc
 
 
-def val_csi_cut(task, params) -> dict:
+def val_csi_cut(run) -> dict:
     """The ``val-csi`` rule: ``{"cut" [H], "event" [N, H] (test windows), "val_choice"}``."""
-    thr = task.threshold
-    prob = {s: task.event_prob(params, s) for s in ("train", "val", "test")}
+    task = run.task
+    thr = task.threshold_m
+    prob = {s: ev.event_prob(run, s, V.MEMBERS) for s in ("train", "val", "test")}
     cuts = np.stack([calibrate_cut(prob["train"], task.split("train").y < thr, bias=b)[0] for b in VAL_BIASES])
     wv = task.split("val")
     idx, csi = choose_cut_on_validation(prob["val"], wv.y < thr, cuts, VAL_BIASES,
@@ -157,14 +163,14 @@ def score_block(task, fc: dict, end) -> tuple[dict, dict]:
     w = task.split("test")
     keep = np.ones(len(w), bool)
     if end is not None:
-        step_s = int(pd.Timedelta(task.data.step).total_seconds())
+        step_s = int(pd.Timedelta(task.contract.step).total_seconds())
         gap = np.timedelta64(int(task.data.report["split"]["gap_steps"]) * step_s, "s")
         keep = w.times < np.datetime64(end, "s") - gap
     wk = w.take(keep)
     fk = {k: {"value": f["value"][keep], "event": None if f["event"] is None else f["event"][keep]}
           for k, f in fc.items()}
     res = report.score_all(fk, wk, hazy=task.data.hazy("test")[keep], thresholds=(THRESHOLD,),
-                           event_threshold=THRESHOLD, max_lag=int(task.config.eval.max_lag), step=task.data.step)
+                           event_threshold=THRESHOLD, max_lag=int(task.config.eval.max_lag), step=task.contract.step)
     raw = {"event": fk["model"]["event"], "ref": np.repeat((wk.start_vis < THRESHOLD)[:, None], wk.y.shape[1], 1),
            "obs": wk.y < THRESHOLD, "days": wk.times.astype("datetime64[D]")}
     return res, raw
@@ -240,7 +246,7 @@ _STARTS: dict = {}
 def test_start(fold: str):
     """Test start (UTC datetime64) of ``fold``'s split, from its fog16 run's data report."""
     if fold not in _STARTS:
-        task, _ = vis.restore_task(runs_dir(fold) / "fog16")
+        task = workdir_lib.restore(runs_dir(fold) / "fog16", vis.make_task).task
         _STARTS[fold] = np.datetime64(task.data.report["split"]["test_start"], "s")
     return _STARTS[fold]
 

@@ -227,6 +227,7 @@ import numpy as np
 from nowcast_jax.engine import config as config_lib
 from nowcast_jax.engine import loop
 from nowcast_jax.engine import workdir as workdir_lib
+from nowcast_jax.precip import evaluate as precip_evaluate
 from nowcast_jax.precip import task as precip
 
 steps = int(os.environ.get("NOWCAST_NB_STEPS", "300"))
@@ -261,12 +262,14 @@ print("stopped:", result.reason, "at step", result.step)
     md("""
 ## Forecast
 
-Restore the checkpoint and forecast a test sequence: inputs, truth and forecast frames.
+Restore the checkpoint (`workdir.restore` takes the application's task factory) and forecast
+a test sequence: inputs, truth and forecast frames. `raw_forecast` gives the model's raw
+outputs, logits on Moving MNIST.
 """),
     code("""
-restored = workdir_lib.restore(workdir)
+restored = workdir_lib.restore(workdir, precip.make_task)
 test = next(restored.task.eval_batches("test", 2))
-logits = np.asarray(restored.task.predict(restored.params, test["inputs"]))
+logits = np.asarray(restored.task.raw_forecast(restored.params, test["inputs"]))
 forecast = 1.0 / (1.0 + np.exp(-logits))
 print("forecast frames", forecast.shape)
 
@@ -283,12 +286,12 @@ plt.show()
 ## Scores
 
 Cross-entropy per sequence (the paper's Table 1 measure) and MSE per lead time, against
-persistence of the last input frame.
+persistence of the last input frame: `nowcast_jax.precip.evaluate`, the same function
+`nowcast-jax evaluate` calls.
 """),
     code("""
-results = restored.task.evaluate(restored.params, "test")
-for name in ("model", "persistence"):
-    print(f"{name:12s} bce/sequence {results[name]['bce_per_sequence']:9.1f}")
+results = precip_evaluate.evaluate(restored, "test")
+print(precip_evaluate.format_report(results, restored))
 """),
 ]
 
@@ -311,6 +314,8 @@ from IPython.display import Image, display
 
 from nowcast_jax.engine import config as config_lib
 from nowcast_jax.engine import loop
+from nowcast_jax.engine import workdir as workdir_lib
+from nowcast_jax.visibility import evaluate
 from nowcast_jax.visibility import task as visibility
 
 steps = int(os.environ.get("NOWCAST_NB_STEPS", "300"))
@@ -322,8 +327,10 @@ print(config.data.features, config.data.horizons_hours, config.model)
     md("""
 ## Data and training
 
-`make_task` reads the CSV contract, builds hourly windows `x [N, T, F]` (min-max scaled on
-the training split) and targets `y [N, H]` in metres. `loop.train` checkpoints into
+`make_task` reads the CSV, builds hourly windows `x [N, T, F]` (min-max scaled on the
+training split) and targets `y [N, H]` in metres, and fits the preprocessing contract
+(`task.contract`: CSV contract, cap, grid, gap rules, features, scaler, target transform)
+that every checkpoint and export stores. `loop.train` checkpoints into
 `workdir` and resumes if run again.
 """),
     code("""
@@ -339,9 +346,9 @@ print("stopped:", result.reason, "at step", result.step, "best checkpoint", resu
 The best checkpoint against persistence and the diurnal climatology on the test split.
 """),
     code("""
-task, params = visibility.restore_task(workdir)
-results = task.evaluate(params, "test", out_dir=workdir / "plots")
-print(visibility.format_report(results, task.horizons_hours))
+run = workdir_lib.restore(workdir, visibility.make_task)     # best checkpoint: config's data, stored scaler
+results = evaluate.evaluate(run, "test", out_dir=workdir / "plots")
+print(evaluate.format_report(results, run))
 """),
     md("""
 ## Paper-style plots

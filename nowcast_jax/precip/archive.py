@@ -1,6 +1,7 @@
 """Radar archives without decoding: file names -> timestamps -> events -> windows -> splits.
 
-Numpy only (never imports jax or pysteps). Part of :mod:`nowcast_jax.precip.dataset`.
+The first stage of the radar pipeline (**archive** -> decode -> events -> windows -> crops):
+what is known from file names alone. Numpy only (never imports jax or pysteps).
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class Event:
         return [f.path for f in self.frames]
 
 
+# a directive ("%Y", "%%", a lone "%" at the end) or one character; wildcards as in pysteps (+ "*")
+_PATTERN_TOKEN = re.compile(r"%.?|.", re.DOTALL)
+_WILDCARDS = {"?": ".", "*": ".*?"}
+
+
 def fn_pattern_regex(fn_pattern: str) -> tuple[re.Pattern, str]:
     """Compile a pysteps-style file-name pattern into a regex and a ``strptime`` format.
 
@@ -64,32 +70,19 @@ def fn_pattern_regex(fn_pattern: str) -> tuple[re.Pattern, str]:
     """
     parts: list[str] = []
     directives: list[str] = []
-    i = 0
-    while i < len(fn_pattern):
-        ch = fn_pattern[i]
-        if ch == "%":
-            if i + 1 >= len(fn_pattern):
-                raise ValueError(f"fn_pattern {fn_pattern!r} ends with a lone '%'")
-            code = fn_pattern[i + 1]
-            if code == "%":
-                parts.append("%")
-            elif code in _DIRECTIVE_WIDTH:
-                parts.append(rf"(\d{{{_DIRECTIVE_WIDTH[code]}}})")
-                directives.append("%" + code)
-            else:
-                raise ValueError(
-                    f"fn_pattern {fn_pattern!r} uses %{code}; supported directives are "
-                    + " ".join("%" + c for c in _DIRECTIVE_WIDTH)
-                )
-            i += 2
-            continue
-        if ch == "?":
-            parts.append(".")
-        elif ch == "*":
-            parts.append(".*?")
+    for token in _PATTERN_TOKEN.findall(fn_pattern):
+        if token == "%":
+            raise ValueError(f"fn_pattern {fn_pattern!r} ends with a lone '%'")
+        if token == "%%":
+            parts.append("%")
+        elif token[0] == "%":
+            if token[1] not in _DIRECTIVE_WIDTH:
+                raise ValueError(f"fn_pattern {fn_pattern!r} uses {token}; supported directives are "
+                                 + " ".join("%" + c for c in _DIRECTIVE_WIDTH))
+            parts.append(rf"(\d{{{_DIRECTIVE_WIDTH[token[1]]}}})")
+            directives.append(token)
         else:
-            parts.append(re.escape(ch))
-        i += 1
+            parts.append(_WILDCARDS.get(token) or re.escape(token))
     if not directives:
         raise ValueError(f"fn_pattern {fn_pattern!r} contains no time directive (e.g. %Y%m%d%H%M)")
     return re.compile("".join(parts)), "|".join(directives)
@@ -148,7 +141,7 @@ def group_events(frames: Sequence[Frame], *, by: str = "gap", max_gap_minutes: f
 
     ``by="gap"``: a new event starts where consecutive frames are more than
     ``max_gap_minutes`` apart (shorter gaps stay inside the event; windows crossing them
-    are dropped by :func:`find_windows`). ``by="date"``: one event per calendar date of
+    are dropped by :func:`find_frame_windows`). ``by="date"``: one event per calendar date of
     the frame times. ``by="dir"``: one event per parent directory.
     """
     if by not in ("gap", "date", "dir"):
@@ -171,7 +164,7 @@ def group_events(frames: Sequence[Frame], *, by: str = "gap", max_gap_minutes: f
     return [Event(g[0].time.strftime("%Y%m%dT%H%M"), tuple(g)) for g in groups]
 
 
-def find_windows(times: Sequence[datetime], timestep_minutes: float, length: int) -> tuple[np.ndarray, int]:
+def find_frame_windows(times: Sequence[datetime], timestep_minutes: float, length: int) -> tuple[np.ndarray, int]:
     """Windows of ``length`` frames at a fixed step inside one event.
 
     For every frame time ``t0`` with ``t0 + (length-1)*step <= times[-1]`` the window

@@ -1,41 +1,47 @@
-"""Radar archives -> rain-rate windows, masks, crops and numpy batches (numpy + pysteps only).
+"""Radar archives -> rain-rate windows, masks, crops and numpy batches in mm/h (numpy only).
 
-Pipeline (each step a small function, the :class:`RadarDataset` ties them together)::
+The last stages of the radar pipeline (archive -> decode -> events -> windows -> **crops**);
+each step is a small function, :class:`RadarDataset` ties them together::
 
-    glob + fn_pattern      list_frames()          -> [Frame(time, path)], sorted by time
-    events                 group_events()         -> [Event], contiguous runs of frames
-    windows                find_windows()         -> frame indices of J+K consecutive frames;
-                                                     windows crossing a gap are dropped + counted
-    decode                 read_rain_rate()       -> mm/h float32 [H, W], NaN outside the domain
-                           downsample()           -> NaN-aware block mean
-                           decode_event()         -> [T, H, W] per event, cached on disk (.npy)
-    split                  split_events()         -> train / val / test by whole events
-    sample                 sample_crop()          -> CropSpec, a pure function of (seed, index)
-    batch                  RadarDataset.train_batch / eval_batches -> numpy dict
+    glob + fn_pattern      archive.list_frames()        -> [Frame(time, path)], sorted by time
+    events                 archive.group_events()       -> [Event], contiguous runs of frames
+    windows                archive.find_frame_windows() -> frame indices of J+K consecutive frames;
+                                                           windows crossing a gap are dropped + counted
+    split                  archive.split_events()       -> train / val / test by whole events
+    decode                 reader(paths, cache_dir)     -> [T, H, W] mm/h per event: the contract's
+                                                           RadarContract.read_frames (read, downsample,
+                                                           cached on disk as .npy)
+    sample                 sample_crop()                -> CropSpec, a pure function of (seed, index)
+    batch                  RadarDataset.train_batch / eval_batches -> numpy dict in mm/h
 
 Units and layout of a batch (``B`` windows, ``J`` input and ``K`` target frames)::
 
     {"inputs":  [B, J, H, W, 1] float32,  "input_mask":  [B, J, H, W, 1] bool,
      "targets": [B, K, H, W, 1] float32,  "target_mask": [B, K, H, W, 1] bool}
 
-Values are in the units of the dataset's :class:`RainTransform` (``units="transformed"``,
-the default) or in mm/h (``units="mm_h"``). Masks are ``True`` where the radar observed
-(finite value); masked pixels hold 0 mm/h expressed in the output units (``transform.forward(0)``).
+Values are rain rates in mm/h. Masks are ``True`` where the radar observed (finite value);
+masked pixels hold 0 mm/h (:func:`nowcast_jax.precip.decode.observed_rain`). The rain
+transform to model units belongs to the fitted contract
+(:class:`nowcast_jax.precip.preprocess.RadarContract`), not to the data.
 
-This module never imports jax; pysteps is imported lazily (only when files are decoded).
+The grid (:meth:`RadarDataset.frame_shape`) is measured through the reader on the first
+training event. This module never imports jax; pysteps is imported lazily (only when files
+are decoded).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from nowcast_jax.precip.archive import (
-    Event, find_windows, group_events, list_frames, split_events)
-from nowcast_jax.precip.decode import (
-    Importer, RainTransform, decode_event, make_transform)
+from nowcast_jax.precip.archive import Event, find_frame_windows, group_events, list_frames, split_events
+from nowcast_jax.precip.decode import observed_rain
+from nowcast_jax.precip.preprocess import centre_origin, crop_shape
+
+Reader = Callable[..., np.ndarray]
+"""``reader(paths, cache_dir=None) -> [T, H, W]`` float32 mm/h: ``RadarContract.read_frames``."""
 
 # --------------------------------------------------------------------------------------
 # Crops and augmentation (stateless)
@@ -82,7 +88,7 @@ def sample_crop(
     """
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index), int(attempt)])
     h, w = frame_shape
-    ch, cw = _crop_hw(crop_size, frame_shape)
+    ch, cw = crop_shape(crop_size, frame_shape)
     window = int(rng.integers(n_windows))
     y = int(rng.integers(h - ch + 1))
     x = int(rng.integers(w - cw + 1))
@@ -91,15 +97,6 @@ def sample_crop(
         rot = int(rng.integers(4)) if ch == cw else 2 * int(rng.integers(2))
         flip = bool(rng.integers(2))
     return CropSpec(window, y, x, rot, flip)
-
-
-def _crop_hw(crop_size: int | tuple[int, int] | None, frame_shape: tuple[int, int]) -> tuple[int, int]:
-    if crop_size is None:
-        return tuple(frame_shape)
-    ch, cw = (crop_size, crop_size) if isinstance(crop_size, (int, np.integer)) else tuple(crop_size)
-    if ch > frame_shape[0] or cw > frame_shape[1] or ch < 1 or cw < 1:
-        raise ValueError(f"crop {ch}x{cw} does not fit the (downsampled) frame {frame_shape[0]}x{frame_shape[1]}")
-    return int(ch), int(cw)
 
 
 # --------------------------------------------------------------------------------------
@@ -111,9 +108,10 @@ def _crop_hw(crop_size: int | tuple[int, int] | None, frame_shape: tuple[int, in
 class RadarDataset:
     """A radar archive as events, windows and numpy batches.
 
-    Build it with :meth:`open` (plain config values). Decoding is lazy: an event is read
-    (or loaded from ``cache_dir``) the first time one of its windows is needed, then kept
-    in memory.
+    Build it with :meth:`open` and a ``reader`` (the reading contract's
+    :meth:`~nowcast_jax.precip.preprocess.RadarContract.read_frames`). Decoding is lazy: an
+    event is read (or loaded from ``cache_dir``) the first time one of its windows is needed,
+    then kept in memory.
 
     Attributes: ``events`` (list of :class:`Event`), ``windows`` (``[N, 2]`` int64 rows
     ``(event index, first frame index)``), ``window_frames`` (``[N, J+K]`` frame indices),
@@ -121,23 +119,17 @@ class RadarDataset:
     """
 
     events: list[Event]
-    importer: Any
-    importer_kwargs: dict
+    reader: Reader
     timestep_minutes: float
     input_frames: int
     output_frames: int
-    downsample_factor: int = 1
     cache_dir: str | None = None
-    zr_a: float | None = None
-    zr_b: float | None = None
     crop_size: int | tuple[int, int] | None = None
-    eval_crop_size: int | tuple[int, int] | None = None
     augment: bool = False
     min_rain_fraction: float = 0.0
     min_valid_fraction: float = 0.5
     rain_threshold: float = 0.5
     max_tries: int = 20
-    transform: RainTransform = field(default_factory=RainTransform)
     test_events: Sequence[int | str] = (-1,)
     val_events: Sequence[int | str] = ()
     # derived
@@ -145,6 +137,8 @@ class RadarDataset:
     windows: np.ndarray = field(init=False)
     splits: dict = field(init=False)
     stats: dict = field(init=False)
+    _event_split: dict = field(init=False, repr=False)
+    _grid: tuple[int, int] | None = field(init=False, default=None, repr=False)
     _rain: dict = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -153,14 +147,14 @@ class RadarDataset:
             raise ValueError("input_frames and output_frames must be >= 1")
         rows, frames, dropped, per_event = [], [], 0, []
         for e_idx, event in enumerate(self.events):
-            win, drop = find_windows(event.times, self.timestep_minutes, length)
+            win, drop = find_frame_windows(event.times, self.timestep_minutes, length)
             dropped += drop
             per_event.append(len(win))
             rows.extend((e_idx, int(w[0])) for w in win)
             frames.extend(win.tolist())
         self.windows = np.asarray(rows, np.int64).reshape(-1, 2)
         self.window_frames = np.asarray(frames, np.int64).reshape(-1, length)
-        event_split = split_events(self.events, self.test_events, self.val_events)
+        event_split = self._event_split = split_events(self.events, self.test_events, self.val_events)
         self.splits = {
             name: np.flatnonzero(np.isin(self.windows[:, 0], idx)) for name, idx in event_split.items()
         }
@@ -181,56 +175,54 @@ class RadarDataset:
         cls,
         files: str | Sequence[str],
         fn_pattern: str,
-        importer: str | Importer,
+        reader: Reader,
         timestep_minutes: float,
         input_frames: int,
         output_frames: int,
         *,
-        importer_kwargs: dict | None = None,
         event_by: str = "gap",
         event_gap_minutes: float = 60.0,
-        transform: str | RainTransform = "log1p",
-        transform_scale: float = 1.0,
-        transform_offset: float = 0.0,
-        transform_floor_mm_h: float = 0.1,
         **options,
     ) -> "RadarDataset":
-        """Index an archive from plain config values (no decoding happens here).
+        """Index an archive (no decoding happens here).
 
         ``files``: glob (or list); ``fn_pattern``: pysteps file-name pattern (see
-        :func:`fn_pattern_regex`); ``importer``: pysteps importer name or callable;
-        ``timestep_minutes``; ``input_frames`` (J); ``output_frames`` (K). Events are
-        grouped with :func:`group_events` (``event_by``, ``event_gap_minutes``). Other
-        keyword options are dataclass fields: ``downsample_factor``, ``cache_dir``,
-        ``zr_a``, ``zr_b``, ``crop_size``, ``eval_crop_size``, ``augment``,
-        ``min_rain_fraction``, ``min_valid_fraction``, ``rain_threshold``, ``max_tries``,
-        ``test_events``, ``val_events``.
+        :func:`~nowcast_jax.precip.archive.fn_pattern_regex`); ``reader``: paths -> mm/h frames
+        (``RadarContract.read_frames``); ``timestep_minutes``; ``input_frames`` (J);
+        ``output_frames`` (K). Events are grouped with :func:`group_events` (``event_by``,
+        ``event_gap_minutes``). Other keyword options are dataclass fields: ``cache_dir``,
+        ``crop_size``, ``augment``, ``min_rain_fraction``, ``min_valid_fraction``,
+        ``rain_threshold``, ``max_tries``, ``test_events``, ``val_events``.
         """
         frames = list_frames(files, fn_pattern)
         events = group_events(frames, by=event_by, max_gap_minutes=event_gap_minutes)
-        if not isinstance(transform, RainTransform):
-            transform = make_transform(transform, transform_scale, transform_offset, transform_floor_mm_h)
-        return cls(events=events, importer=importer, importer_kwargs=dict(importer_kwargs or {}),
-                   timestep_minutes=timestep_minutes, input_frames=input_frames, output_frames=output_frames,
-                   transform=transform, **options)
+        return cls(events=events, reader=reader, timestep_minutes=timestep_minutes, input_frames=input_frames,
+                   output_frames=output_frames, **options)
 
     # ---- decoded data -------------------------------------------------------------------
 
     def event_rain(self, event_index: int) -> np.ndarray:
-        """Rain rate of one event, ``[T, H, W]`` float32 mm/h (NaN outside the domain)."""
+        """Rain rate of one event, ``[T, H, W]`` float32 mm/h (NaN outside the domain), through the reader.
+
+        Raises ``ValueError`` when the event's grid is not the training grid (:meth:`frame_shape`).
+        """
         if event_index not in self._rain:
-            self._rain[event_index] = decode_event(
-                self.events[event_index].paths, self.importer, self.importer_kwargs,
-                downsample_factor=self.downsample_factor, zr_a=self.zr_a, zr_b=self.zr_b,
-                cache_dir=self.cache_dir)
+            rain = self.reader(self.events[event_index].paths, cache_dir=self.cache_dir)
+            if self._grid is not None and tuple(rain.shape[1:]) != self._grid:
+                raise ValueError(f"event {self.events[event_index].id} decodes to {rain.shape[1]}x{rain.shape[2]} "
+                                 f"frames; the training events' grid is {self._grid[0]}x{self._grid[1]}")
+            self._rain[event_index] = rain
         return self._rain[event_index]
 
     def frame_shape(self) -> tuple[int, int]:
-        """(H, W) of the decoded, downsampled frames (decodes the first event if needed)."""
-        for e in range(len(self.events)):
-            if e in self._rain:
-                return tuple(self._rain[e].shape[1:])
-        return tuple(self.event_rain(0).shape[1:])
+        """(H, W) of the decoded, downsampled frames, measured on the first training event
+        (decoded if needed); an archive without training events (evaluation only) is
+        measured on its first event."""
+        if self._grid is None:
+            train = self._event_split.get("train")
+            first = int(train[0]) if len(train) else 0
+            self._grid = tuple(int(n) for n in self.event_rain(first).shape[1:])
+        return self._grid
 
     def window_rain(self, window: int, y: int = 0, x: int = 0, size: tuple[int, int] | None = None) -> np.ndarray:
         """Rain rate of one window (all J+K frames) cropped at ``(y, x)``: ``[J+K, h, w]`` mm/h."""
@@ -252,7 +244,7 @@ class RadarDataset:
         """
         ids = self._split_ids(split)
         shape = self.frame_shape()
-        size = _crop_hw(self.crop_size, shape)
+        size = crop_shape(self.crop_size, shape)
         best, best_score = None, -1.0
         for attempt in range(max(1, self.max_tries)):
             spec = sample_crop(seed, index, len(ids), shape, self.crop_size,
@@ -281,41 +273,30 @@ class RadarDataset:
 
     # ---- batches --------------------------------------------------------------------------
 
-    def batch_from_crops(self, crops: Sequence[CropSpec], units: str = "transformed",
+    def batch_from_crops(self, crops: Sequence[CropSpec],
                          crop_size: int | tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-        """Assemble a batch dict from crop specs (see the module docstring for shapes).
-
-        ``units``: ``"transformed"`` (the dataset's :class:`RainTransform`) or ``"mm_h"``.
-        """
-        if units not in ("transformed", "mm_h"):
-            raise ValueError(f"unknown units {units!r}; use 'transformed' or 'mm_h'")
-        size = _crop_hw(crop_size, self.frame_shape())
+        """Assemble a mm/h batch dict from crop specs (see the module docstring for shapes)."""
+        size = crop_shape(crop_size, self.frame_shape())
         seqs = [augment(self.window_rain(c.window, c.y, c.x, size), c.rot90, c.flip) for c in crops]
-        rain = np.stack(seqs)[..., None]  # [B, J+K, h, w, 1]
-        mask = np.isfinite(rain)
-        rain = np.where(mask, rain, 0.0)  # unobserved pixels hold 0 mm/h (in the output units)
-        values = self.transform.forward(rain) if units == "transformed" else rain.astype(np.float32)
+        rain, mask = observed_rain(np.stack(seqs)[..., None])  # [B, J+K, h, w, 1]; unobserved: 0 mm/h
         j = self.input_frames
-        return {"inputs": values[:, :j], "targets": values[:, j:],
-                "input_mask": mask[:, :j], "target_mask": mask[:, j:]}
+        return {"inputs": rain[:, :j], "targets": rain[:, j:], "input_mask": mask[:, :j], "target_mask": mask[:, j:]}
 
-    def train_batch(self, step: int, batch_size: int, seed: int, *, split: str = "train",
-                    units: str = "transformed") -> dict[str, np.ndarray]:
+    def train_batch(self, step: int, batch_size: int, seed: int, *, split: str = "train") -> dict[str, np.ndarray]:
         """Training batch ``step``: sample ``i`` is :meth:`train_crop` ``(seed, step*batch_size+i)``."""
         crops = [self.train_crop(seed, step * batch_size + i, split) for i in range(batch_size)]
-        return self.batch_from_crops(crops, units, self.crop_size)
+        return self.batch_from_crops(crops, self.crop_size)
 
-    def eval_crops(self, split: str) -> list[CropSpec]:
-        """Fixed crops for evaluation: every window of the split, centred ``eval_crop_size``."""
+    def eval_crops(self, split: str, crop_size: int | tuple[int, int] | None) -> list[CropSpec]:
+        """Fixed crops for evaluation: every window of the split, centred ``crop_size`` (None = the full frame)."""
         shape = self.frame_shape()
-        ch, cw = _crop_hw(self.eval_crop_size, shape)
-        y, x = (shape[0] - ch) // 2, (shape[1] - cw) // 2
+        y, x = centre_origin(shape, crop_shape(crop_size, shape))
         return [CropSpec(int(w), y, x) for w in self._split_ids(split)]
 
-    def eval_batches(
-        self, split: str, batch_size: int, *, units: str = "transformed"
-    ) -> Iterator[dict[str, np.ndarray]]:
-        """All windows of ``split`` in order, centred crops, no augmentation; last batch may be smaller."""
-        crops = self.eval_crops(split)
+    def eval_batches(self, split: str, batch_size: int,
+                     crop_size: int | tuple[int, int] | None) -> Iterator[dict[str, np.ndarray]]:
+        """All windows of ``split`` in order, centred ``crop_size`` crops (None = the full frame; the task
+        passes ``contract.eval_crop``), no augmentation; the last batch may be smaller."""
+        crops = self.eval_crops(split, crop_size)
         for start in range(0, len(crops), batch_size):
-            yield self.batch_from_crops(crops[start : start + batch_size], units, self.eval_crop_size)
+            yield self.batch_from_crops(crops[start : start + batch_size], crop_size)

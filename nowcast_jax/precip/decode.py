@@ -1,16 +1,18 @@
-"""Decoding radar files: pysteps importer -> rain rate in mm/h -> downsampling -> disk cache;
-and the rain transforms (log1p, dBR) with their exact inverses.
+"""Decoding radar files: pysteps importer -> rain rate in mm/h -> downsampling -> disk cache.
 
-Numpy only (never imports jax; pysteps is imported lazily). Part of :mod:`nowcast_jax.precip.dataset`.
+The second stage of the radar pipeline (archive -> **decode** -> events -> windows -> crops):
+:func:`decode_event` is the one function that turns radar files into rain-rate frames, for
+training (whole events, cached) and serving (the last frames of a folder) alike, both
+through :meth:`nowcast_jax.precip.preprocess.RadarContract.read_frames`.
+
+Numpy only (never imports jax; pysteps is imported lazily).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,10 +20,26 @@ import numpy as np
 
 CACHE_VERSION = 1
 
+
+def radar_cache_dir() -> str:
+    """``$NOWCAST_JAX_CACHE/radar`` or ``~/.cache/nowcast_jax/radar``: where decoded events are cached."""
+    base = os.environ.get("NOWCAST_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "nowcast_jax")
+    return os.path.join(base, "radar")
+
+
+# --------------------------------------------------------------------------------------
 # Decoding: importer -> mm/h -> downsample -> cache
 # --------------------------------------------------------------------------------------
 
 Importer = Callable[..., tuple]
+
+
+class GridMismatchError(ValueError):
+    """Files decoded together (one event, one serving folder) hold fields of different shapes."""
+
+    def __init__(self, path: str, shape: tuple[int, ...], first: tuple[int, ...]):
+        self.path, self.shapes = path, sorted({tuple(shape), tuple(first)})
+        super().__init__(f"{path} has grid {tuple(shape)}, the first file has {tuple(first)}")
 
 
 def get_importer(importer: str | Importer) -> Importer:
@@ -82,11 +100,14 @@ def read_rain_rate(
     zr_b: float | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Decode one file: ``(rain [H, W] float32 mm/h with NaN outside the domain, metadata)``."""
-    fn = get_importer(importer)
-    out = fn(path, **(importer_kwargs or {}))
-    field_, metadata = out[0], out[-1]
-    field_ = np.ma.filled(np.ma.asarray(field_, dtype=np.float64), np.nan)
+    field_, metadata = _import_field(path, importer, importer_kwargs)
     return to_rain_rate(field_, metadata, zr_a=zr_a, zr_b=zr_b), metadata
+
+
+def _import_field(path: str, importer: str | Importer, importer_kwargs: dict | None) -> tuple[np.ndarray, dict]:
+    """The importer's field of one file (float64, masked -> NaN) and its metadata, units as stored."""
+    out = get_importer(importer)(path, **(importer_kwargs or {}))
+    return np.ma.filled(np.ma.asarray(out[0], dtype=np.float64), np.nan), out[-1]
 
 
 def downsample(x: np.ndarray, factor: int, min_valid_fraction: float = 0.5) -> np.ndarray:
@@ -160,7 +181,8 @@ def decode_event(
 
     With ``cache_dir`` the result is stored as ``<cache_dir>/<cache_key>.npy`` (written
     atomically) and later calls, in this or any process, load it (memory-mapped, read
-    only) without calling the importer.
+    only) without calling the importer. Files of different shapes raise
+    :class:`GridMismatchError` (checked before each file's conversion to mm/h).
     """
     path = None
     if cache_dir is not None:
@@ -170,11 +192,11 @@ def decode_event(
             return np.load(path, mmap_mode="r")
     frames, grid = [], None
     for p in paths:
-        rain, _ = read_rain_rate(p, importer, importer_kwargs, zr_a=zr_a, zr_b=zr_b)
-        grid = grid or rain.shape
-        if rain.shape != grid:
-            raise ValueError(f"{p} has grid {rain.shape}, the event's first file has {grid}")
-        frames.append(downsample(rain, downsample_factor))
+        field_, metadata = _import_field(p, importer, importer_kwargs)
+        grid = grid or field_.shape
+        if field_.shape != grid:  # before the conversion, whose errors would hide it
+            raise GridMismatchError(p, field_.shape, grid)
+        frames.append(downsample(to_rain_rate(field_, metadata, zr_a=zr_a, zr_b=zr_b), downsample_factor))
     data = np.stack(frames).astype(np.float32)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,83 +206,11 @@ def decode_event(
     return data
 
 
-# --------------------------------------------------------------------------------------
-# Rain transform
-# --------------------------------------------------------------------------------------
+def observed_rain(rain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rain with 0 mm/h where unobserved, mask)``: the mask is True where the value is finite.
 
-
-@dataclass(frozen=True)
-class RainTransform:
-    """A rain-rate transform and its inverse, followed by a scaling ``(t - offset) / scale``.
-
-    ``kind``:
-      * ``"log1p"``: ``t = log(1 + R)``; inverse ``R = exp(t) - 1`` (negative R clipped to
-        0 first; inverse is exact to float rounding, negatives out of the model -> 0).
-      * ``"dbr"``: ``t = 10 log10(R)`` for ``R > floor``; ``R <= floor`` maps to
-        ``10 log10(floor) - zero_gap_db`` (pysteps' convention, 5 dB below the floor).
-        Inverse: ``R = 10**(t/10)``, and 0 where ``t`` is below
-        ``10 log10(floor) - zero_gap_db/2``. Exact for ``R > floor``; ``R <= floor`` -> 0.
-      * ``"none"``: identity (mm/h).
-
-    NaN stays NaN in both directions. Inputs/outputs keep their shape; float32 out.
+    The one place where "outside the radar domain" becomes a mask and a zero; batches for
+    training and evaluation and frames for serving all go through it. Shapes are kept.
     """
-
-    kind: str = "log1p"
-    scale: float = 1.0
-    offset: float = 0.0
-    floor_mm_h: float = 0.1
-    zero_gap_db: float = 5.0
-
-    def __post_init__(self):
-        if self.kind not in ("log1p", "dbr", "none"):
-            raise ValueError(f"unknown rain transform {self.kind!r}; use 'log1p', 'dbr' or 'none'")
-        if self.scale == 0:
-            raise ValueError("transform scale must be non-zero")
-        if self.kind == "dbr" and self.floor_mm_h <= 0:
-            raise ValueError("dBR needs floor_mm_h > 0")
-
-    def forward(self, rain_mm_h, xp=np):
-        """mm/h -> transformed and scaled units (float32).
-
-        ``xp`` is the array module: ``numpy`` (default) or ``jax.numpy`` inside a compiled
-        function (the exported forecaster bakes the transform in this way).
-        """
-        r = xp.asarray(rain_mm_h, np.float64 if xp is np else np.float32)
-        if self.kind == "log1p":
-            t = xp.log1p(xp.maximum(r, 0.0))  # NaN propagates
-        elif self.kind == "dbr":
-            floor_db = 10.0 * math.log10(self.floor_mm_h)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                floor = np.float32(self.floor_mm_h)  # the same cut for float32 (jax) and float64 (numpy)
-                t = xp.where(r > floor, 10.0 * xp.log10(xp.where(r > 0, r, 1.0)), floor_db - self.zero_gap_db)
-            t = xp.where(xp.isnan(r), np.nan, t)
-        else:
-            t = r
-        return ((t - self.offset) / self.scale).astype(np.float32)
-
-    def inverse(self, x, xp=np):
-        """Transformed and scaled units -> mm/h (float32); ``xp`` as in :meth:`forward`."""
-        t = xp.asarray(x, np.float64 if xp is np else np.float32) * self.scale + self.offset
-        if self.kind == "log1p":
-            r = xp.maximum(xp.expm1(t), 0.0)
-        elif self.kind == "dbr":
-            floor_db = 10.0 * math.log10(self.floor_mm_h)
-            r = xp.where(t < floor_db - 0.5 * self.zero_gap_db, 0.0, 10.0 ** (t / 10.0))
-        else:
-            r = t
-        return r.astype(np.float32)
-
-    def to_dict(self) -> dict:
-        """JSON-able parameters (store with the checkpoint)."""
-        return {"kind": self.kind, "scale": self.scale, "offset": self.offset,
-                "floor_mm_h": self.floor_mm_h, "zero_gap_db": self.zero_gap_db}
-
-
-def make_transform(kind: str = "log1p", scale: float = 1.0, offset: float = 0.0, floor_mm_h: float = 0.1,
-                   zero_gap_db: float = 5.0) -> RainTransform:
-    """Build a :class:`RainTransform` from plain config values."""
-    return RainTransform(kind=kind, scale=float(scale), offset=float(offset), floor_mm_h=float(floor_mm_h),
-                         zero_gap_db=float(zero_gap_db))
-
-
-# --------------------------------------------------------------------------------------
+    mask = np.isfinite(rain)
+    return np.where(mask, rain, 0.0).astype(np.float32), mask

@@ -1,14 +1,17 @@
-"""Scores and figures of the precipitation task: model vs persistence (vs optical flow).
+"""Scores and figures of the precipitation application: model vs persistence (vs optical flow).
 
-Radar (:func:`evaluate_radar`): every forecaster is scored on the same test windows and
-the same pixels: ``target_mask`` (radar observed the target) AND the mask of the last
-input frame (a forecaster could start from there), in mm/h, with the streaming verifier
-of :mod:`nowcast_jax.metrics` (event ``>=`` threshold). Optical flow is pysteps LK +
-semi-Lagrangian extrapolation on the mm/h inputs (NaN outside the domain).
+The CLI's hooks: :func:`evaluate` (``nowcast-jax evaluate``) and :func:`format_report`.
 
-Moving MNIST (:func:`evaluate_moving_mnist`): cross-entropy per 10-frame sequence (the
-paper's Table 1 number) and MSE per lead on probabilities; persistence as a probability
-clipped to ``[eps, 1 - eps]``.
+Radar (:func:`score_radar`): every forecaster is scored on the same test windows and the
+same pixels: ``target_mask`` (radar observed the target) AND the mask of the last input
+frame (a forecaster could start from there), in mm/h, with the streaming verifier of
+:mod:`nowcast_jax.metrics` (event ``>=`` threshold). The model sees the windows through the
+task's fitted contract (mm/h -> model units -> forecast -> mm/h). Optical flow is pysteps
+LK + semi-Lagrangian extrapolation on the mm/h inputs (NaN outside the domain).
+
+Moving MNIST (:func:`score_moving_mnist`): cross-entropy per 10-frame sequence (the paper's
+Table 1 number) and MSE per lead on probabilities; persistence as a probability clipped to
+``[eps, 1 - eps]``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from nowcast_jax import baselines, losses, metrics
 from nowcast_jax.precip import plots
+from nowcast_jax.precip.task import MovingMNISTTask, RadarTask
 
 RADAR_SCORES = ("csi", "pod", "far", "corr", "mse", "mae")
 PERSISTENCE_EPS = 1e-3
@@ -31,19 +35,21 @@ def _common_mask(batch: dict) -> np.ndarray:
     return batch["target_mask"] & batch["input_mask"][:, -1:]
 
 
-def radar_forecasts(task, predict, params, batch_mm: dict) -> dict[str, np.ndarray]:
-    """All forecasts of one mm/h batch: ``{"model", "persistence", "optical_flow"}`` each ``[B, K, H, W, 1]`` mm/h."""
+def radar_forecasts(task, forecast, params, batch_mm: dict) -> dict[str, np.ndarray]:
+    """All forecasts of one mm/h batch: ``{"model", "persistence", "optical_flow"}`` each ``[B, K, H, W, 1]`` mm/h.
+
+    ``forecast`` is the (jitted) ``task.raw_forecast``; the batch's unobserved pixels hold 0 mm/h.
+    """
     k = task.output_frames
-    transform = task.source.transform
-    inputs = transform.forward(np.where(batch_mm["input_mask"], batch_mm["inputs"], 0.0))  # unobserved: 0 mm/h
-    model = transform.inverse(np.asarray(predict(params, inputs)))
+    inputs = task.contract.to_model_units(batch_mm["inputs"])
+    model = task.contract.from_model_units(np.asarray(forecast(params, inputs)))
     raw = np.where(batch_mm["input_mask"], batch_mm["inputs"], np.nan)
     return {"model": model,
             "persistence": baselines.persistence(batch_mm["inputs"], k),
             "optical_flow": baselines.optical_flow(raw, k, outside_value=0.0)}
 
 
-def evaluate_radar(task, params, split: str, out_dir=None) -> dict:
+def score_radar(task, params, split: str, out_dir=None) -> dict:
     """``{forecaster: {"csi_0.5": [K], "pod_0.5", "far_0.5", "csi_2.0", ..., "corr", "mse", "mae"}}``.
 
     Forecasters: ``model``, ``persistence``, ``optical_flow``; scores in mm/h per lead time
@@ -51,10 +57,10 @@ def evaluate_radar(task, params, split: str, out_dir=None) -> dict:
     """
     cfg = task.config.eval
     verifier = metrics.make_verifier(tuple(cfg.thresholds))
-    predict = jax.jit(task.predict)
+    forecast = jax.jit(task.raw_forecast)
     acc, first, n = {}, None, 0
-    for batch in task.source.eval_batches(split, int(cfg.predict_batch_size), int(cfg.max_windows), units="mm_h"):
-        fc = radar_forecasts(task, predict, params, batch)
+    for batch in task.eval_windows(split, int(cfg.predict_batch_size)):
+        fc = radar_forecasts(task, forecast, params, batch)
         mask = _common_mask(batch)
         for name, pred in fc.items():
             acc.setdefault(name, verifier.init(task.output_frames))
@@ -83,28 +89,28 @@ def _mnist_sums(logits, targets) -> tuple[float, np.ndarray]:
     return per_seq, se.reshape(se.shape[0], se.shape[1], -1).mean(-1).sum(0)
 
 
-def evaluate_moving_mnist(task, params, split: str, out_dir=None) -> dict:
+def score_moving_mnist(task, params, split: str, out_dir=None) -> dict:
     """``{"model": {"bce_per_sequence": float, "mse": [K]}, "persistence": {...}, "sequences": n}``.
 
     Also ``"model_3digits"`` (the out-of-domain set) when ``eval.ood`` is true and
     ``split == "test"``.
     """
     cfg = task.config.eval
-    predict = jax.jit(task.predict)
-    results = _score_mnist(task, predict, params, split, cfg, out_dir)
+    forecast = jax.jit(task.raw_forecast)
+    results = _score_mnist(task, forecast, params, split, cfg, out_dir)
     if cfg.get("ood", False) and split == "test":
-        ood = _score_mnist(task, predict, params, "ood", cfg, None)
+        ood = _score_mnist(task, forecast, params, "ood", cfg, None)
         results["model_3digits"] = ood["model"]
         results["persistence_3digits"] = ood["persistence"]
     return results
 
 
-def _score_mnist(task, predict, params, split, cfg, out_dir) -> dict:
+def _score_mnist(task, forecast, params, split, cfg, out_dir) -> dict:
     k = task.output_frames
     sums = {"model": [0.0, np.zeros(k)], "persistence": [0.0, np.zeros(k)]}
     n, first = 0, None
-    for batch in task.source.eval_batches(split, int(cfg.predict_batch_size), int(cfg.max_windows)):
-        logits = {"model": np.asarray(predict(params, batch["inputs"])),
+    for batch in task.eval_batches(split, int(cfg.predict_batch_size)):
+        logits = {"model": np.asarray(forecast(params, batch["inputs"])),
                   "persistence": _persistence_logits(batch["inputs"], k)}
         for name, lg in logits.items():
             ce, se = _mnist_sums(lg, batch["targets"])
@@ -120,3 +126,39 @@ def _score_mnist(task, predict, params, split, cfg, out_dir) -> dict:
     if out_dir:
         plots.plot_strip(first[0], first[1], Path(out_dir) / f"precip_moving_mnist_{split}.png", rain=False)
     return out
+
+
+SCORERS = ((RadarTask, score_radar), (MovingMNISTTask, score_moving_mnist))
+
+
+def evaluate(restored, split: str, out_dir=None) -> dict:
+    """Scores of a restored run (``.config``, ``.task``, ``.params``) on ``split`` (JSON-able).
+
+    The scorer follows the task's class (:data:`SCORERS`); ``out_dir`` (or
+    ``config.eval.out_dir`` when None) receives the PNG strip.
+    """
+    task = restored.task
+    scorer = next((fn for cls, fn in SCORERS if isinstance(task, cls)), None)
+    if scorer is None:
+        raise TypeError(f"no precipitation scorer for a {type(task).__name__}; have {[c.__name__ for c, _ in SCORERS]}")
+    out_dir = out_dir or restored.config.eval.get("out_dir", "") or None
+    return scorer(task, restored.params, split, out_dir)
+
+
+def format_report(results: dict, restored) -> str:
+    """What ``nowcast-jax evaluate`` prints: one row per forecaster and score, one column per lead."""
+    source = restored.task.source
+    count = results.get("windows", results.get("sequences"))
+    step = float(restored.config.data.get("timestep_minutes", 0) or 0)
+    rows = []
+    for forecaster, scores in results.items():
+        if isinstance(scores, dict):
+            rows += [(forecaster, name, v if isinstance(v, (list, tuple)) else [v]) for name, v in scores.items()]
+    width = max((len(r[2]) for r in rows), default=1)
+    leads = [f"+{(i + 1) * step:g}min" if step else f"lead{i + 1}" for i in range(width)]
+    head = ["forecaster", "score"] + (leads if width > 1 else ["value"])
+    body = [[f, s] + [f"{v:.4g}" for v in vals] for f, s, vals in rows]
+    cols = [max(len(r[i]) for r in [head] + body if i < len(r)) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(cols[i]) for i, c in enumerate(r)) for r in [head, ["-" * c for c in cols]] + body]
+    unit = "windows (scores in mm/h)" if isinstance(restored.task, RadarTask) else "sequences"
+    return "\n".join([f"{source}: {count} {unit}, model vs baselines", *lines])

@@ -1,13 +1,14 @@
-"""MNIST digits: IDX reader/writer, checksums, locating the files and a cached download.
+"""MNIST digits: checksums, locating the files and a cached download.
 
-numpy and the standard library only (never jax).
+numpy and the standard library only (never jax); the IDX files are read by
+:mod:`nowcast_jax.precip.idx`.
 
 Where the digits come from (:func:`locate_mnist`), first match wins:
 
 1. an explicit ``path`` (a folder holding the ``.gz`` or raw IDX files); when given and the
    files are not there this is an error, never a silent fallback;
 2. ``data_root()/mnist`` (``$NOWCAST_JAX_DATA/mnist`` or ``../shared/data/mnist``);
-3. the cache folder (``cache_dir`` or :func:`default_cache_dir`);
+3. the cache folder (``cache_dir`` or :func:`mnist_cache_dir`);
 4. with ``download=True`` only: a download into the cache (:func:`fetch_mnist`), each file
    checked against its md5 before it is moved into place.
 
@@ -18,7 +19,6 @@ Every file named in :data:`MNIST_FILES` is checked against its checksum when it 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import os
 import shutil
@@ -31,23 +31,7 @@ from typing import BinaryIO, Callable, Iterable, Mapping
 import numpy as np
 
 from nowcast_jax._paths import data_root
-
-__all__ = [
-    "MNIST_FILES",
-    "MNIST_MIRRORS",
-    "SPLIT_FILES",
-    "IDXFormatError",
-    "ChecksumError",
-    "MNISTNotFoundError",
-    "read_idx",
-    "write_idx",
-    "file_digest",
-    "verify_checksum",
-    "default_cache_dir",
-    "fetch_mnist",
-    "locate_mnist",
-    "load_mnist",
-]
+from nowcast_jax.precip.idx import IDXFormatError, read_idx
 
 # Canonical md5 of the four gzipped MNIST files (the test pair is also given in
 # ../shared/data/README.md).
@@ -74,114 +58,12 @@ Opener = Callable[[str], BinaryIO]
 """``opener(url)`` returns a readable binary file object (a context manager is fine)."""
 
 
-class IDXFormatError(ValueError):
-    """An IDX file is malformed: bad magic, bad dimensions, wrong number of bytes."""
-
-
 class ChecksumError(ValueError):
     """A file's digest does not match the expected one."""
 
 
 class MNISTNotFoundError(FileNotFoundError):
     """The MNIST files are in none of the searched places (and no download was asked)."""
-
-
-# --------------------------------------------------------------------------------------
-# IDX format
-# --------------------------------------------------------------------------------------
-
-# IDX type byte -> big-endian numpy dtype
-_IDX_DTYPES: dict[int, np.dtype] = {
-    0x08: np.dtype(np.uint8),
-    0x09: np.dtype(np.int8),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-_GZIP_MAGIC = b"\x1f\x8b"
-
-
-def _read_bytes(path: Path) -> bytes:
-    """Whole content of ``path``, gunzipped when it starts with the gzip magic."""
-    raw = path.read_bytes()
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, gzip.BadGzipFile) as err:  # truncated / corrupt stream
-        raise IDXFormatError(f"{path}: corrupt or truncated gzip stream ({err})") from err
-
-
-def _parse_idx(buf: bytes, name: str) -> np.ndarray:
-    """Parse an in-memory IDX buffer; ``name`` only labels the errors."""
-    if len(buf) < 4:
-        raise IDXFormatError(f"{name}: {len(buf)} bytes, too short for an IDX header (4 bytes)")
-    zero0, zero1, type_code, ndim = buf[0], buf[1], buf[2], buf[3]
-    if zero0 != 0 or zero1 != 0:
-        raise IDXFormatError(
-            f"{name}: bad magic {buf[:4].hex()}: an IDX file starts with two zero bytes"
-        )
-    if type_code not in _IDX_DTYPES:
-        raise IDXFormatError(
-            f"{name}: bad magic {buf[:4].hex()}: unknown IDX type byte 0x{type_code:02x} "
-            f"(known: {', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)})"
-        )
-    if ndim == 0:
-        raise IDXFormatError(f"{name}: IDX header declares 0 dimensions")
-    header_len = 4 + 4 * ndim
-    if len(buf) < header_len:
-        raise IDXFormatError(
-            f"{name}: truncated header: {ndim} dimensions need {header_len} bytes, "
-            f"file has {len(buf)}"
-        )
-    shape = tuple(int(d) for d in np.frombuffer(buf, dtype=">u4", count=ndim, offset=4))
-    dtype = _IDX_DTYPES[type_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    got = len(buf) - header_len
-    if got != expected:
-        what = "truncated" if got < expected else "trailing bytes"
-        raise IDXFormatError(
-            f"{name}: {what}: shape {shape} of {dtype} needs {expected} data bytes, "
-            f"file has {got}"
-        )
-    arr = np.frombuffer(buf, dtype=dtype, offset=header_len).reshape(shape)
-    return arr.astype(dtype.newbyteorder("="), copy=True)
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file, gzipped or raw (detected from the content, not the name).
-
-    Returns an array of the declared shape in native byte order, e.g. ``uint8 [N, 28, 28]``
-    for MNIST images and ``uint8 [N]`` for labels. Raises :class:`IDXFormatError` naming
-    the problem (bad magic, unknown type, truncated header or data, trailing bytes).
-    """
-    path = Path(path)
-    return _parse_idx(_read_bytes(path), str(path))
-
-
-def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool | None = None) -> Path:
-    """Write ``array`` as an IDX file (gzipped when ``compress`` or the name ends in .gz).
-
-    Supported dtypes: uint8, int8, int16, int32, float32, float64; at most 255 dims.
-    """
-    path = Path(path)
-    array = np.asarray(array)
-    codes = {np.dtype(d).newbyteorder("="): c for c, d in _IDX_DTYPES.items()}
-    key = array.dtype.newbyteorder("=")
-    if key not in codes:
-        raise TypeError(f"write_idx: unsupported dtype {array.dtype}")
-    if not 1 <= array.ndim <= 255:
-        raise ValueError(f"write_idx: IDX needs 1..255 dimensions, got {array.ndim}")
-    code = codes[key]
-    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
-    payload = header + np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes()
-    if compress is None:
-        compress = path.suffix == ".gz"
-    if compress:
-        payload = gzip.compress(payload, mtime=0)
-    path.write_bytes(payload)
-    return path
 
 
 # --------------------------------------------------------------------------------------
@@ -227,7 +109,7 @@ def verify_checksum(path: str | os.PathLike, expected: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def default_cache_dir() -> Path:
+def mnist_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/nowcast_jax/mnist`` (``~/.cache/nowcast_jax/mnist`` by default)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "nowcast_jax" / "mnist"
@@ -320,7 +202,7 @@ def fetch_mnist(
     """Make sure the ``split`` files are in ``dest_dir`` (default: the cache), downloading.
 
     Args:
-      dest_dir: target folder (created); default :func:`default_cache_dir`.
+      dest_dir: target folder (created); default :func:`mnist_cache_dir`.
       split: ``"test"`` (10,000 digits) or ``"train"`` (60,000).
       mirrors: base URLs tried in order (default :data:`MNIST_MIRRORS`); ``file://`` works.
       opener: ``opener(url) -> binary file object`` (default ``urllib.request.urlopen``);
@@ -334,7 +216,7 @@ def fetch_mnist(
     """
     if on_corrupt not in ("refetch", "error"):
         raise ValueError(f"on_corrupt must be 'refetch' or 'error', got {on_corrupt!r}")
-    dest = Path(dest_dir) if dest_dir is not None else default_cache_dir()
+    dest = Path(dest_dir) if dest_dir is not None else mnist_cache_dir()
     dest.mkdir(parents=True, exist_ok=True)
     mirrors = tuple(MNIST_MIRRORS if mirrors is None else mirrors)
     opener = opener or _default_opener
@@ -342,18 +224,25 @@ def fetch_mnist(
     for name in _split_names(split):
         if name not in checksums:
             raise ValueError(f"no checksum for {name}: refusing to download unverified files")
-        target = dest / name
-        if target.is_file():
-            try:
-                verify_checksum(target, checksums[name])
-                continue  # cache hit
-            except ChecksumError as err:
-                if on_corrupt == "error":
-                    raise ChecksumError(f"corrupt cached file: {err}; delete it to re-download") from None
-                warnings.warn(f"corrupt cached file, downloading again: {err}", stacklevel=2)
-                target.unlink()
-        _download_one(name, dest, mirrors, opener, checksums[name])
+        if not _cached(dest / name, checksums[name], on_corrupt):
+            _download_one(name, dest, mirrors, opener, checksums[name])
     return dest
+
+
+def _cached(target: Path, checksum: str, on_corrupt: str) -> bool:
+    """Whether ``target`` is there with the right checksum; a corrupt copy is removed (warned)
+    with ``on_corrupt="refetch"``, else reported."""
+    if not target.is_file():
+        return False
+    try:
+        verify_checksum(target, checksum)
+        return True
+    except ChecksumError as err:
+        if on_corrupt == "error":
+            raise ChecksumError(f"corrupt cached file: {err}; delete it to re-download") from None
+        warnings.warn(f"corrupt cached file, downloading again: {err}", stacklevel=3)
+        target.unlink()
+        return False
 
 
 def locate_mnist(
@@ -373,14 +262,7 @@ def locate_mnist(
     corrupt *cache* file is re-downloaded when ``download`` else reported).
     """
     if path is not None:
-        folder = Path(path).expanduser()
-        found = _files_in(folder, split, verify) if folder.is_dir() else None
-        if found is None:
-            raise MNISTNotFoundError(
-                f"MNIST {split} files {list(_split_names(split))} not found in {folder} (given path)"
-            )
-        return folder
-
+        return _given_folder(Path(path).expanduser(), split, verify)
     searched = []
     root = data_root()
     if root is not None and os.environ.get("NOWCAST_JAX_DATA") and not root.is_dir():
@@ -390,8 +272,7 @@ def locate_mnist(
         searched.append(str(folder))
         if folder.is_dir() and _files_in(folder, split, verify) is not None:
             return folder
-
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else mnist_cache_dir()
     searched.append(str(cache))
     if download:
         return fetch_mnist(cache, split=split, mirrors=mirrors, opener=opener)
@@ -405,6 +286,13 @@ def locate_mnist(
         + ", ".join(searched)
         + ". Pass a path, set NOWCAST_JAX_DATA, or download=True to fetch into the cache."
     )
+
+
+def _given_folder(folder: Path, split: str, verify: bool) -> Path:
+    """``folder`` when it holds the ``split`` files (checked); else :class:`MNISTNotFoundError`."""
+    if not folder.is_dir() or _files_in(folder, split, verify) is None:
+        raise MNISTNotFoundError(f"MNIST {split} files {list(_split_names(split))} not found in {folder} (given path)")
+    return folder
 
 
 def load_mnist(

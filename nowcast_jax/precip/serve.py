@@ -1,17 +1,23 @@
-"""Serving radar: a folder of radar files (or an ``.npz``) -> forecast files, with a
-raw-units forecaster (an artifact, or a workdir's export).
+"""Serving radar: the export hook and a folder of radar files (or an ``.npz``) -> forecast files.
 
-:func:`forecast_radar`: the last ``J`` frames of a folder of radar files (or an ``.npz``
-holding ``rain_mm_h [T, H, W]`` and optionally ``times``) -> ``[K, H, W]`` forecast in mm/h,
-written as ``.npz`` (``forecast_mm_h``, ``valid_times``, ``input_times``) or ``.nc`` (needs
-netCDF4), plus a PNG of the inputs and the forecast.
+:func:`export_spec` (``nowcast-jax export``): radar: ``rain [b, J, h, w, 1]`` mm/h (0 outside
+the domain) -> ``[b, K, h, w, 1]`` mm/h with the contract's rain transform baked in, the
+sidecar holding the contract (``preprocess``); Moving MNIST: frames in [0, 1] -> pixel
+probabilities.
 
-The sidecar keys it reads are those the radar export writes: ``input_steps``,
-``time_step_minutes``, ``radar`` (``importer``, ``importer_kwargs``, ``fn_pattern``,
-``downsample_factor``, ``zr_a``, ``zr_b``, ``grid``: the full downsampled frame ``[H, W]``
-the training data had, ``centre_crop``: the ``[h, w]`` the forecaster sees). Inputs with
-the wrong grid, units or too little history raise :class:`~nowcast_jax.artifact.ServeError`
-saying what was expected. numpy only (plus matplotlib for the PNG); the forecaster is any callable.
+:func:`forecast_radar` (``nowcast-jax predict``): the last ``J`` frames of a folder of radar
+files (or an ``.npz`` holding ``rain_mm_h [T, H0, W0]`` on the downsampled grid and optionally
+``times``) -> ``[K, h, w]`` forecast in mm/h, written as ``.npz`` (``forecast_mm_h``,
+``valid_times``, ``input_times``) or ``.nc`` (needs netCDF4), plus a PNG of the inputs and
+the forecast. Frames become forecaster inputs through the sidecar's
+:class:`~nowcast_jax.precip.preprocess.RadarContract`, as at training: decode -> mm/h ->
+downsample (:meth:`~RadarContract.read_frames`) -> the full grid checked -> centre crop
+(:meth:`~RadarContract.centre_crop`) -> 0 mm/h where unobserved
+(:func:`~nowcast_jax.precip.decode.observed_rain`). Sidecars written before the contract
+(``radar.grid``, ``radar.centre_crop``, ``normalisation``) still serve
+(:func:`sidecar_contract`). Inputs with the wrong grid, units or too little history raise
+:class:`~nowcast_jax.artifact.ServeError` saying what was expected. Serving is numpy only
+(plus matplotlib for the PNG); the forecaster is any callable.
 """
 
 from __future__ import annotations
@@ -22,111 +28,167 @@ from pathlib import Path
 import numpy as np
 
 from nowcast_jax.artifact import ServeError
-from nowcast_jax.precip import plots
-from nowcast_jax.precip import archive, decode
+from nowcast_jax.precip import archive, plots
+from nowcast_jax.precip.decode import GridMismatchError, observed_rain
+from nowcast_jax.precip.preprocess import RadarContract, RainTransform, make_transform
 
 
-def _frame_shape(sidecar: dict) -> tuple[int, int, int, int]:
-    """(J, H, W, C) of the first input spec ``[b, J, H, W, C]``."""
+# ------------------------------------------------------------------------------ export
+def export_spec(task, params):
+    """``(fn, input_specs, sidecar)`` of a precipitation task for ``nowcast-jax export`` (by its class)."""
+    from nowcast_jax.precip.task import MovingMNISTTask, RadarTask  # loaded already: the caller made the task
+
+    if isinstance(task, RadarTask):
+        return _radar_export_spec(task, params)
+    if isinstance(task, MovingMNISTTask):
+        return _frames_export_spec(task, params)
+    raise TypeError(f"cannot export a {type(task).__name__} as a precipitation forecaster")
+
+
+def _radar_export_spec(task, params):
+    import jax.numpy as jnp
+
+    from nowcast_jax.engine import export
+
+    contract = task.contract
+
+    def fn(rain):  # [b, J, h, w, 1] mm/h -> [b, K, h, w, 1] mm/h
+        return contract.from_model_units(task.raw_forecast(params, contract.to_model_units(rain, jnp)), jnp)
+
+    sidecar = {"kind": "radar", "units": "mm/h", "input_steps": contract.input_steps,
+               "output_steps": contract.output_steps, "time_step_minutes": contract.timestep_minutes,
+               "preprocess": contract.to_dict(),
+               "inputs": [{"name": "rain", "units": "mm/h"}], "outputs": [{"name": "rain", "units": "mm/h"}]}
+    frames = (contract.input_steps, *contract.eval_crop, 1)
+    return fn, export.batch_specs((frames, "float32")), sidecar
+
+
+def _frames_export_spec(task, params):
+    import jax
+
+    from nowcast_jax.engine import export
+
+    size = int(task.config.data.frame_size)
+    fn = lambda frames: jax.nn.sigmoid(task.raw_forecast(params, frames))  # noqa: E731
+    sidecar = {"kind": "frames", "units": "pixel intensity in [0, 1]"}
+    return fn, export.batch_specs(((task.input_frames, size, size, 1), "float32")), sidecar
+
+
+# ------------------------------------------------------------------------------ the contract of a sidecar
+def _input_frames(sidecar: dict) -> tuple[int, int, int, int]:
+    """(J, h, w, C) of the first input spec ``[b, J, h, w, C]``."""
     shape = sidecar["inputs"][0]["shape"]
     if len(shape) != 5:
         raise ServeError(f"radar forecaster input must be [b, J, H, W, C]; sidecar says {shape}")
     return tuple(int(s) for s in shape[1:])
 
 
-def read_radar_inputs(sidecar: dict, input_path: str | Path) -> tuple[np.ndarray, list[datetime] | None]:
-    """The last J frames ``[J, H, W]`` mm/h (NaN outside the domain) and their times (or None).
+def sidecar_contract(sidecar: dict) -> RadarContract:
+    """The radar contract a sidecar records (``preprocess``), or the one an older sidecar implies.
 
-    The frames (a folder's after downsampling by ``radar.downsample_factor``, an ``.npz``'s as
-    given) must be on the full downsampled grid of the training data (``radar.grid``) before
-    the centre crop (``radar.centre_crop``) cuts them to the forecaster's input: a larger
-    grid (e.g. an ``.npz`` at the native resolution) would otherwise be cropped and forecast
-    at the wrong scale.
+    Older sidecars: ``radar`` (reader settings, ``grid``, ``centre_crop``), ``normalisation``
+    (``transform``), ``input_steps``, ``time_step_minutes``, the input spec. With neither a
+    grid nor a crop only frames of the forecaster's own size are known to be at its scale.
     """
-    steps, height, width, _ = _frame_shape(sidecar)
-    input_path = Path(input_path)
+    if "preprocess" in sidecar:
+        return RadarContract.from_dict(sidecar["preprocess"])
+    steps, h, w, _ = _input_frames(sidecar)
+    radar = sidecar.get("radar") or {}
+    grid = radar.get("grid") or (None if radar.get("centre_crop") else (h, w))
+    transform = (sidecar.get("normalisation") or {}).get("transform")
+    outputs = (sidecar.get("outputs") or [{}])[0].get("shape") or [0, 0]
+    return RadarContract(
+        importer=radar.get("importer"), importer_kwargs=dict(radar.get("importer_kwargs") or {}),
+        fn_pattern=radar.get("fn_pattern"), zr_a=radar.get("zr_a"), zr_b=radar.get("zr_b"),
+        timestep_minutes=float(sidecar.get("time_step_minutes") or 0.0),
+        downsample_factor=int(radar.get("downsample_factor", 1)),
+        grid=tuple(int(v) for v in grid) if grid else None,
+        eval_crop=tuple(int(v) for v in (radar.get("centre_crop") or (h, w))),
+        input_steps=int(sidecar.get("input_steps", steps)), output_steps=int(sidecar.get("output_steps", outputs[1])),
+        transform=make_transform(**transform) if transform else RainTransform())
+
+
+# ------------------------------------------------------------------------------ reading
+def read_radar_frames(contract: RadarContract, input_path) -> tuple[np.ndarray, list[datetime] | None]:
+    """The last J frames cut to the forecaster's crop, ``[J, h, w]`` mm/h (NaN outside the
+    domain), and their times (or None).
+
+    The frames (a folder's after decoding and downsampling, an ``.npz``'s as given) must be
+    on the full downsampled grid of the training data (``contract.grid``) before the centre
+    crop: a larger grid (e.g. an ``.npz`` at the native resolution) would otherwise be cropped
+    and forecast at the wrong scale.
+    """
+    steps, input_path = contract.input_steps, Path(input_path)
     if input_path.suffix == ".npz":
-        with np.load(input_path, allow_pickle=False) as data:
-            if "rain_mm_h" not in data:
-                raise ServeError(f"{input_path}: expected an array 'rain_mm_h' [T, H, W] in mm/h; "
-                                   f"found {sorted(data.files)}")
-            rain = np.asarray(data["rain_mm_h"], np.float32)
-            times = [datetime.fromisoformat(str(t)) for t in data["times"]] if "times" in data else None
-        if rain.ndim != 3:
-            raise ServeError(f"{input_path}: rain_mm_h must be [T, H, W]; got shape {rain.shape}")
+        rain, times = _read_npz(input_path)
     elif input_path.is_dir():
-        rain, times = _read_radar_folder(sidecar, input_path, steps)
+        rain, times = _read_folder(contract, input_path)
     else:
         raise ServeError(f"{input_path}: expected a folder of radar files or an .npz with rain_mm_h")
     if rain.shape[0] < steps:
         raise ServeError(f"too little history: the forecaster needs {steps} frames, {input_path} has "
-                           f"{rain.shape[0]}")
-    rain = rain[-steps:]
-    times = times[-steps:] if times is not None else None
-    rain = _check_grid(rain, sidecar, (height, width), from_folder=input_path.is_dir())
+                         f"{rain.shape[0]}")
+    rain, times = rain[-steps:], (times[-steps:] if times is not None else None)
+    rain = _crop_to_forecaster(rain, contract, from_folder=input_path.is_dir())
     _check_rain_units(rain, input_path)
-    _check_spacing(times, sidecar, input_path)
+    _check_spacing(times, contract.timestep_minutes, input_path)
     return rain, times
 
 
-def _check_grid(rain: np.ndarray, sidecar: dict, model_hw: tuple[int, int], *, from_folder: bool) -> np.ndarray:
-    """Frames ``[T, H, W]`` on the full downsampled grid -> the centre crop the forecaster takes."""
-    cfg = sidecar.get("radar") or {}
-    factor = int(cfg.get("downsample_factor", 1))
-    crop = cfg.get("centre_crop")
-    grid = tuple(int(v) for v in cfg["grid"]) if cfg.get("grid") else None
-    if grid is None and not (crop and from_folder):
-        # no recorded full grid: only frames of exactly the forecaster's size are known to be at
-        # the trained scale (a folder is downsampled here, so its crop is safe)
-        grid = model_hw
-    got = rain.shape[1:]
-    if grid is not None and got != grid:
-        cropped = (f", then centre-cropped to {model_hw[0]}x{model_hw[1]}" if tuple(model_hw) != grid else "")
-        raise ServeError(f"wrong grid: frames are {got[0]}x{got[1]} but the forecaster was trained on "
-                           f"{grid[0]}x{grid[1]} (the radar grid after downsampling by {factor}{cropped}); "
-                           f"an .npz must hold rain_mm_h on that downsampled grid {grid[0]}x{grid[1]} "
-                           f"(downsample factor {factor}), a folder must hold the radar files at their "
-                           "original resolution")
-    rain = _centre_crop(rain, crop)
-    if rain.shape[1:] != tuple(model_hw):
-        raise ServeError(f"wrong grid: frames are {got[0]}x{got[1]} (cropped {rain.shape[1]}x{rain.shape[2]}) "
-                           f"but the forecaster takes {model_hw[0]}x{model_hw[1]} (after downsampling by {factor})")
-    return rain
+def forecaster_inputs(contract: RadarContract, input_path) -> tuple[np.ndarray, np.ndarray, list[datetime] | None]:
+    """``(x [1, J, h, w, 1] mm/h with 0 outside the domain, rain [J, h, w] with NaN, times)``:
+    what the exported forecaster takes (its rain transform is inside it)."""
+    rain, times = read_radar_frames(contract, input_path)
+    x, _ = observed_rain(rain[None, ..., None])
+    return x, rain, times
 
 
-def _centre_crop(rain: np.ndarray, crop) -> np.ndarray:
-    """Centre ``crop = [h, w]`` of frames ``[T, H, W]`` when they are larger (as at training)."""
-    if not crop:
-        return rain
-    h, w = int(crop[0]), int(crop[1])
-    if rain.shape[1] < h or rain.shape[2] < w:
-        return rain  # too small: the grid check says so
-    y, x = (rain.shape[1] - h) // 2, (rain.shape[2] - w) // 2
-    return rain[:, y:y + h, x:x + w]
+def _read_npz(path: Path) -> tuple[np.ndarray, list[datetime] | None]:
+    with np.load(path, allow_pickle=False) as data:
+        if "rain_mm_h" not in data:
+            raise ServeError(f"{path}: expected an array 'rain_mm_h' [T, H, W] in mm/h; found {sorted(data.files)}")
+        rain = np.asarray(data["rain_mm_h"], np.float32)
+        times = [datetime.fromisoformat(str(t)) for t in data["times"]] if "times" in data else None
+    if rain.ndim != 3:
+        raise ServeError(f"{path}: rain_mm_h must be [T, H, W]; got shape {rain.shape}")
+    return rain, times
 
 
-def _read_radar_folder(sidecar: dict, folder: Path, steps: int):
-    cfg = sidecar.get("radar")
-    if not cfg or "importer" not in cfg or "fn_pattern" not in cfg:
+def _read_folder(contract: RadarContract, folder: Path) -> tuple[np.ndarray, list[datetime]]:
+    """The last J files of ``folder`` matching ``fn_pattern``, decoded as at training."""
+    if not contract.importer or not contract.fn_pattern:
         raise ServeError("the forecaster's sidecar has no radar reader settings (radar.importer, "
-                           "radar.fn_pattern); give an .npz with rain_mm_h instead")
-    frames = archive.list_frames(str(folder / "*"), cfg["fn_pattern"])
+                         "radar.fn_pattern); give an .npz with rain_mm_h instead")
+    frames = archive.list_frames(str(folder / "*"), contract.fn_pattern)
     if not frames:
-        raise ServeError(f"no file in {folder} matches the pattern {cfg['fn_pattern']!r}")
-    frames = frames[-steps:]
-    rain = []
-    for frame in frames:
-        try:
-            field, _ = decode.read_rain_rate(frame.path, cfg["importer"], cfg.get("importer_kwargs") or {},
-                                            zr_a=cfg.get("zr_a"), zr_b=cfg.get("zr_b"))
-        except ValueError as err:  # unknown units, missing Z-R, unreadable file
-            raise ServeError(f"{frame.path}: cannot convert to rain rate (mm/h): {err}") from err
-        factor = int(cfg.get("downsample_factor", 1))
-        rain.append(decode.downsample(field, factor) if factor > 1 else field)
-    shapes = {r.shape for r in rain}
-    if len(shapes) > 1:
-        raise ServeError(f"wrong grid: the files in {folder} have different shapes {sorted(shapes)}")
-    return np.stack(rain).astype(np.float32), [f.time for f in frames]
+        raise ServeError(f"no file in {folder} matches the pattern {contract.fn_pattern!r}")
+    frames = frames[-contract.input_steps:]
+    try:
+        rain = contract.read_frames([f.path for f in frames])
+    except GridMismatchError as err:  # checked before each file's conversion, so it is not reported as one
+        raise ServeError(f"wrong grid: the files in {folder} have different shapes {err.shapes}") from err
+    except ValueError as err:  # unknown units, missing Z-R, unreadable file
+        raise ServeError(f"{folder}: cannot convert to rain rate (mm/h): {err}") from err
+    return rain, [f.time for f in frames]
+
+
+def _crop_to_forecaster(rain: np.ndarray, contract: RadarContract, *, from_folder: bool) -> np.ndarray:
+    """Frames ``[T, H0, W0]`` on the full downsampled grid -> the centre crop the forecaster takes."""
+    factor, crop, got = contract.downsample_factor, tuple(contract.eval_crop), rain.shape[1:]
+    grid = contract.grid
+    if grid is None and not from_folder:
+        grid = crop  # no recorded full grid: only frames of the forecaster's size are known to be at its scale
+    if grid is not None and got != tuple(grid):
+        cropped = f", then centre-cropped to {crop[0]}x{crop[1]}" if crop != tuple(grid) else ""
+        raise ServeError(f"wrong grid: frames are {got[0]}x{got[1]} but the forecaster was trained on "
+                         f"{grid[0]}x{grid[1]} (the radar grid after downsampling by {factor}{cropped}); "
+                         f"an .npz must hold rain_mm_h on that downsampled grid {grid[0]}x{grid[1]} "
+                         f"(downsample factor {factor}), a folder must hold the radar files at their "
+                         "original resolution")
+    if got[0] < crop[0] or got[1] < crop[1]:
+        raise ServeError(f"wrong grid: frames are {got[0]}x{got[1]} but the forecaster takes "
+                         f"{crop[0]}x{crop[1]} (after downsampling by {factor})")
+    return contract.centre_crop(rain)
 
 
 def _check_rain_units(rain: np.ndarray, where) -> None:
@@ -141,9 +203,8 @@ def _check_rain_units(rain: np.ndarray, where) -> None:
                            "(is it reflectivity Z, or an accumulation in 0.01 mm?)")
 
 
-def _check_spacing(times, sidecar: dict, where) -> None:
-    step = sidecar.get("time_step_minutes")
-    if times is None or step is None or len(times) < 2:
+def _check_spacing(times, step: float, where) -> None:
+    if times is None or not step or len(times) < 2:
         return
     gaps = [(b - a).total_seconds() / 60 for a, b in zip(times[:-1], times[1:])]
     if any(abs(g - step) > 1e-6 for g in gaps):
@@ -153,16 +214,20 @@ def _check_spacing(times, sidecar: dict, where) -> None:
 
 def forecast_radar(forecast, sidecar: dict, input_path, out_path, *, png: bool = True) -> list[Path]:
     """Folder / npz of radar frames -> ``out_path`` (.npz or .nc) [+ .png]; see the module docstring."""
-    rain, times = read_radar_inputs(sidecar, input_path)
-    x = np.nan_to_num(rain, nan=0.0)[None, ..., None]  # [1, J, H, W, 1]; outside the domain -> 0 mm/h
-    y = np.asarray(forecast(x))[0, ..., 0]  # [K, H, W] mm/h
+    contract = sidecar_contract(sidecar)
+    steps, h, w, _ = _input_frames(sidecar)
+    if (steps, h, w) != (contract.input_steps, *contract.eval_crop):
+        raise ServeError(f"the sidecar's contract ({contract.input_steps} frames of {contract.eval_crop}) does not "
+                         f"match the forecaster's input [{steps}, {h}, {w}]")
+    x, rain, times = forecaster_inputs(contract, input_path)  # x [1, J, h, w, 1] mm/h
+    y = np.asarray(forecast(x))[0, ..., 0]  # [K, h, w] mm/h
     y = np.where(np.isnan(rain[-1])[None], np.nan, y).astype(np.float32)  # keep the domain mask
-    step = sidecar.get("time_step_minutes")
+    step = contract.timestep_minutes or None
     valid = ([(times[-1] + timedelta(minutes=step * (k + 1))).isoformat() for k in range(len(y))]
              if times is not None and step else [])
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    written = [_write_nc(out_path, y, valid, sidecar) if out_path.suffix == ".nc" else out_path]
+    written = [_write_nc(out_path, y, valid, contract) if out_path.suffix == ".nc" else out_path]
     if out_path.suffix != ".nc":
         np.savez_compressed(out_path, forecast_mm_h=y, valid_times=np.asarray(valid, dtype=str),
                             input_times=np.asarray([t.isoformat() for t in times or []], dtype=str),
@@ -172,7 +237,7 @@ def forecast_radar(forecast, sidecar: dict, input_path, out_path, *, png: bool =
     return written
 
 
-def _write_nc(path: Path, y: np.ndarray, valid: list[str], sidecar: dict) -> Path:
+def _write_nc(path: Path, y: np.ndarray, valid: list[str], contract: RadarContract) -> Path:
     try:
         import netCDF4
     except ImportError as err:
@@ -185,6 +250,6 @@ def _write_nc(path: Path, y: np.ndarray, valid: list[str], sidecar: dict) -> Pat
         var.units = "mm/h"
         var[:] = y
         lead = nc.createVariable("lead_minutes", "f4", ("lead",))
-        lead[:] = np.arange(1, y.shape[0] + 1) * float(sidecar.get("time_step_minutes") or np.nan)
+        lead[:] = np.arange(1, y.shape[0] + 1) * (contract.timestep_minutes or np.nan)
         nc.valid_times = " ".join(valid)
     return path

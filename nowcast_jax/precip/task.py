@@ -1,25 +1,41 @@
-"""The precipitation Task: ConvLSTM encoder-forecaster (Shi et al., NeurIPS 2015).
+"""The precipitation Tasks: the ConvLSTM encoder-forecaster (Shi et al., NeurIPS 2015) on
+Moving MNIST or on a radar archive, chosen once by :func:`make_task` from ``config.data.source``.
 
-``config.data.source`` picks the data:
+* :class:`MovingMNISTTask` (``"moving_mnist"``): frames in [0, 1]; the model outputs logits;
+  the loss is the sigmoid cross-entropy (the paper's), reported per sequence as in the
+  paper's Table 1 (aux ``bce_per_sequence``; the optimised loss is the per-pixel mean, which
+  only rescales it).
+* :class:`RadarTask` (``"radar"``): rain rate in the units of the fitted contract
+  (:class:`~nowcast_jax.precip.preprocess.RadarContract`, log1p by default); the model
+  outputs those units, optionally as a residual on the last observed frame
+  (``model.residual``); loss ``mse`` / ``mae`` / ``balanced_mse`` / ``balanced_mae``, masked
+  where the radar did not observe, with optional lead-time weights (``loss.horizon_weights``).
+  Balanced weights are picked from the observed rain rate in mm/h (inverse transform).
+  The contract's reading part is fitted first and the archive is read through it
+  (:meth:`RadarContract.read_frames`); the grid is measured through it on a training event.
 
-* ``"moving_mnist"``: frames in [0, 1]; the model outputs logits; the loss is the
-  sigmoid cross-entropy (the paper's), reported per sequence as in the paper's Table 1
-  (aux metric ``bce_per_sequence``; the optimised loss is the per-pixel mean, which only
-  rescales it).
-* ``"radar"``: rain rate through a transform (log1p by default); the model outputs values
-  in transformed units, optionally as a residual on the last observed frame
-  (``model.residual``); loss ``mse`` / ``mae`` / ``balanced_mse`` / ``balanced_mae`` on
-  the transformed values, masked where the radar did not observe, with optional lead-time
-  weights (``loss.horizon_weights``). Balanced weights are picked from the observed rain
-  rate in mm/h (inverse transform of the targets).
+Restoring a radar checkpoint (:meth:`RadarTask.load_extras`): the fitted part of the contract,
+the rain transform, comes from the checkpoint; what to read (``data.files``,
+``data.importer``, ``data.importer_kwargs``, ``data.fn_pattern``, Z-R) and the grid and crops
+follow the config and the data, so a run can be evaluated on another archive or grid. Only what
+changes what the weights mean is refused (``ConfigError`` naming the ``data.*`` key and both
+values): ``data.downsample``, ``data.timestep_minutes``, ``data.input_frames``,
+``data.output_frames``.
 
-Batches (numpy, see :mod:`nowcast_jax.precip.sources`): ``inputs [B, J, H, W, 1]``,
-``targets [B, K, H, W, 1]``, for radar also ``input_mask`` / ``target_mask`` (bool, same
-shapes). Scores: :mod:`nowcast_jax.precip.evaluate`.
+Evaluation (:mod:`nowcast_jax.precip.evaluate`) and serving (:mod:`nowcast_jax.precip.serve`)
+dispatch on the task's class; only :func:`make_task` reads ``config.data.source``.
+
+Both implement the engine's narrow protocol (``init_params``, ``loss_fn``, ``train_batch``,
+``eval_batches``, ``state_extras``, ``load_extras``) plus ``raw_forecast(params, inputs)``:
+``inputs [B, J, H, W, 1] -> [B, K, H, W, 1]`` logits (Moving MNIST) or model-unit rain
+(radar). Batches are numpy dicts; radar batches also hold ``input_mask`` / ``target_mask``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from pathlib import Path
 from typing import Iterator
 
 import jax
@@ -27,15 +43,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from nowcast_jax import losses, models
+from nowcast_jax._paths import data_root
 from nowcast_jax.engine.config import ConfigError
-from nowcast_jax.precip import sources as precip_data
-from nowcast_jax.precip import evaluate as precip_report
+from nowcast_jax.precip.dataset import RadarDataset
+from nowcast_jax.precip.decode import radar_cache_dir
+from nowcast_jax.precip.preprocess import (RadarContract, crop_shape, fit_grid, make_transform, parse_crop_size,
+                                           reading_contract)
 
 MODEL_KEYS = ("patch_size", "hidden", "kernel_x", "kernel_h", "peepholes", "peephole_shape", "forget_bias",
-              "forecaster_input",
-              "feedback", "cell", "remat", "unroll", "conv_impl")
+              "forecaster_input", "feedback", "cell", "remat", "unroll", "conv_impl")
 RADAR_LOSSES = {"mse": losses.mse, "mae": losses.mae, "balanced_mse": losses.balanced_mse,
                 "balanced_mae": losses.balanced_mae}
+MOVING_MNIST_SPLITS = ("val", "test", "ood")
+# What a radar checkpoint's weights mean besides the rain transform: contract field -> config key.
+WEIGHTS_MEAN = {"downsample_factor": "data.downsample", "timestep_minutes": "data.timestep_minutes",
+                "input_steps": "data.input_frames", "output_steps": "data.output_frames"}
 
 
 def build_model(model_cfg) -> models.Model:
@@ -50,129 +72,197 @@ def build_model(model_cfg) -> models.Model:
         raise ConfigError(f"config.model: {err}") from None
 
 
-class PrecipTask:
-    """Task protocol implementation (see ``docs/architecture.md``) for both sources."""
+def _data_path(path: str) -> str:
+    """``path`` as is when absolute (or ``~``); else joined to the data root (``$NOWCAST_JAX_DATA``)."""
+    path = os.path.expanduser(str(path))
+    if os.path.isabs(path):
+        return path
+    root = data_root()
+    if root is None:
+        raise FileNotFoundError(
+            f"data path {path!r} is relative but no data root was found: set NOWCAST_JAX_DATA or "
+            "place ../shared/data beside the checkout, or give an absolute path")
+    return str(Path(root) / path)
 
-    name = "precip"
 
-    def __init__(self, config):
+class _EncoderForecasterTask:
+    """What both tasks share: the model of ``config.model``, its raw forecast, lead weights."""
+
+    residual = False
+
+    def __init__(self, config, frame_shape: tuple[int, int, int]):
         self.config = config
-        self.source_name = config.data.source
-        self.source = precip_data.make_source(config.data)
         self.input_frames = int(config.data.input_frames)
         self.output_frames = int(config.data.output_frames)
+        self.frame_shape = tuple(frame_shape)  # (H, W, 1) of a training sample
         self.model = build_model(config.model)
-        self.residual = bool(config.model.get("residual", False))
-        if self.residual and self.source_name != "radar":
-            raise ValueError("model.residual applies to radar values only (Moving MNIST outputs logits)")
-        hw = tuple(float(w) for w in config.loss.horizon_weights)
-        if hw and len(hw) != self.output_frames:
-            raise ValueError(f"loss.horizon_weights has {len(hw)} entries; need data.output_frames="
+        weights = tuple(float(w) for w in config.loss.horizon_weights)
+        if weights and len(weights) != self.output_frames:
+            raise ValueError(f"loss.horizon_weights has {len(weights)} entries; need data.output_frames="
                              f"{self.output_frames} (or none)")
-        self.horizon_weights = np.asarray(hw, np.float32) if hw else None
-        if self.source_name == "radar" and config.loss.name not in RADAR_LOSSES:
-            raise ValueError(f"loss.name must be one of {sorted(RADAR_LOSSES)} for radar; got {config.loss.name!r}")
+        self.horizon_weights = np.asarray(weights, np.float32) if weights else None
 
-    # -- model ------------------------------------------------------------------------
     def init_params(self, key):
-        """Parameters for frames of the training sample shape ``source.frame_shape``."""
-        return self.model.init(key, self.source.frame_shape)
+        """Parameters for frames of the training sample shape ``frame_shape``."""
+        return self.model.init(key, self.frame_shape)
 
-    def predict(self, params, inputs):
-        """``inputs [B, J, H, W, 1]`` -> raw forecast ``[B, K, H, W, 1]`` (logits or transformed values)."""
+    def raw_forecast(self, params, inputs):
+        """``inputs [B, J, H, W, 1]`` -> ``[B, K, H, W, 1]`` in the model's units (logits or model-unit rain)."""
         out = self.model.apply(params, inputs, output_steps=self.output_frames)
         if self.residual:
             out = out + inputs[:, -1:]
         return out
 
-    def loss_fn(self, params, batch, key):
-        """Scalar loss and aux metrics of one batch (``key`` unused: the model is deterministic)."""
-        del key
-        out = self.predict(params, batch["inputs"])
-        if self.source_name == "moving_mnist":
-            return self._mnist_loss(out, batch["targets"])
-        return self._radar_loss(out, batch["targets"], batch["target_mask"])
+    def _capped(self, batches: Iterator[dict]) -> Iterator[dict]:
+        """``batches`` cut to at most ``eval.max_windows`` samples in all (0 = no cap)."""
+        limit, count = int(self.config.eval.max_windows), 0
+        for batch in batches:
+            if limit > 0:
+                if count >= limit:
+                    return
+                batch = {k: v[: limit - count] for k, v in batch.items()}
+            count += len(batch["inputs"])
+            yield batch
 
-    def _mnist_loss(self, logits, targets):
-        loss = losses.sigmoid_bce(logits, targets)
+
+class MovingMNISTTask(_EncoderForecasterTask):
+    """Moving MNIST over the MNIST test digits (train/test digit pools never overlap).
+
+    Splits: ``"val"`` = a fixed set over training digits, ``"test"`` = fixed set over test
+    digits, ``"ood"`` = test digits with 3 per sequence (the paper's out-of-domain test).
+    """
+
+    source = "moving_mnist"
+
+    def __init__(self, config):
+        from nowcast_jax.precip.moving_mnist import MovingMNIST
+
+        if config.model.get("residual", False):
+            raise ValueError("model.residual applies to radar values only (Moving MNIST outputs logits)")
+        data = config.data
+        path = _data_path(data.mnist_path) if data.mnist_path else None
+        self.movie = MovingMNIST.from_mnist(path, n_train=int(data.n_train_digits) or None,
+                                            num_digits=int(data.num_digits), input_frames=int(data.input_frames),
+                                            output_frames=int(data.output_frames), frame_size=int(data.frame_size))
+        self.eval_seed = int(data.eval_seed)
+        self.eval_sizes = {"val": int(data.val_sequences), "test": int(data.test_sequences),
+                           "ood": int(data.test_sequences)}
+        super().__init__(config, (self.movie.frame_size, self.movie.frame_size, 1))
+
+    def loss_fn(self, params, batch, key):
+        """Mean per-pixel cross-entropy; aux ``bce_per_sequence`` and ``mse`` (``key`` unused)."""
+        del key
+        logits, targets = self.raw_forecast(params, batch["inputs"]), batch["targets"]
         per_seq = losses.sigmoid_bce(logits, targets, reduction="sum_per_sequence")
         mse = jnp.mean(jnp.square(jax.nn.sigmoid(logits) - targets))
-        return loss, {"bce_per_sequence": per_seq, "mse": mse}
+        return losses.sigmoid_bce(logits, targets), {"bce_per_sequence": per_seq, "mse": mse}
 
-    def _radar_loss(self, pred, targets, mask):
-        cfg = self.config.loss
-        fn = RADAR_LOSSES[cfg.name]
+    def train_batch(self, step: int, batch_size: int, seed: int) -> dict[str, np.ndarray]:
+        """Sequences ``step*B .. step*B+B-1`` of the endless training stream of ``seed``."""
+        return self.movie.batch(int(seed), int(step), int(batch_size))
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """The fixed set of ``split`` (``val``, ``test`` or ``ood``), at most ``eval.max_windows`` (>0)."""
+        if split not in MOVING_MNIST_SPLITS:
+            raise ValueError(f"Moving MNIST split must be one of {sorted(MOVING_MNIST_SPLITS)}; got {split!r}")
+        limit = int(self.config.eval.max_windows)
+        n = self.eval_sizes[split] if limit <= 0 else min(limit, self.eval_sizes[split])
+        pool = "train" if split == "val" else "test"
+        digits = 3 if split == "ood" else None
+        yield from self.movie.iter_fixed_set(self.eval_seed, n, batch_size, split=pool, num_digits=digits)
+
+    def state_extras(self) -> dict:
+        return {"source": self.source}
+
+    def load_extras(self, extras: dict) -> None:
+        del extras  # nothing is fitted: the generator is a pure function of the config
+
+
+def open_radar_dataset(data, reader: RadarContract) -> RadarDataset:
+    """The radar archive of ``config.data`` (``files`` absolute or relative to the data root), read
+    through ``reader`` (its importer, Z-R, downsampling; its pattern, step and J/K index the files)."""
+    files = [_data_path(f) for f in ([data.files] if isinstance(data.files, str) else data.files)]
+    test, val = (tuple([e]) if isinstance(e, (int, str)) else tuple(e) for e in (data.test_events, data.val_events))
+    return RadarDataset.open(
+        files, reader.fn_pattern, reader.read_frames, reader.timestep_minutes, reader.input_steps,
+        reader.output_steps, event_gap_minutes=float(data.event_gap_minutes),
+        cache_dir=data.cache_dir or radar_cache_dir(), crop_size=parse_crop_size(data.crop_size),
+        augment=bool(data.augment), min_rain_fraction=float(data.min_rain_fraction),
+        rain_threshold=float(data.rain_threshold), max_tries=int(data.max_tries), test_events=test, val_events=val)
+
+
+class RadarTask(_EncoderForecasterTask):
+    """A pysteps-readable radar archive: random rainy crops for training, every window of an
+    event (centred ``contract.eval_crop``) for evaluation, all through :attr:`contract`."""
+
+    source = "radar"
+
+    def __init__(self, config):
+        if config.loss.name not in RADAR_LOSSES:
+            raise ValueError(f"loss.name must be one of {sorted(RADAR_LOSSES)} for radar; got {config.loss.name!r}")
+        reader = reading_contract(config.data)  # what to read and how; the grid is measured through it
+        self.dataset = open_radar_dataset(config.data, reader)
+        self.contract: RadarContract = fit_grid(reader, self.dataset.frame_shape(), config.data.eval_crop_size)
+        h, w = crop_shape(parse_crop_size(config.data.crop_size), self.contract.grid)
+        super().__init__(config, (h, w, 1))
+        self.residual = bool(config.model.get("residual", False))
+
+    def loss_fn(self, params, batch, key):
+        """Masked loss of ``loss.name`` on model units; aux ``mse_transformed`` (``key`` unused)."""
+        del key
+        cfg, targets, mask = self.config.loss, batch["targets"], batch["target_mask"]
+        pred, fn = self.raw_forecast(params, batch["inputs"]), RADAR_LOSSES[cfg.name]
         if cfg.name.startswith("balanced"):
-            rain = self.source.transform.inverse(targets, jnp)
+            rain = self.contract.from_model_units(targets, jnp)
             loss = fn(pred, targets, rain, tuple(cfg.thresholds), tuple(cfg.weights), mask=mask,
                       horizon_weights=self.horizon_weights)
         else:
             loss = fn(pred, targets, mask=mask, horizon_weights=self.horizon_weights)
         return loss, {"mse_transformed": losses.mse(pred, targets, mask=mask)}
 
-    # -- data -------------------------------------------------------------------------
     def train_batch(self, step: int, batch_size: int, seed: int) -> dict[str, np.ndarray]:
-        """Stateless training batch: a pure function of ``(seed, step)``."""
-        return self.source.train_batch(int(step), int(batch_size), int(seed))
+        """Random (rainy, augmented) crops of training windows in model units; pure in (seed, step)."""
+        return self.contract.model_batch(self.dataset.train_batch(int(step), int(batch_size), int(seed)))
+
+    def eval_windows(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Every window of ``split`` in time order, in mm/h, cut to ``contract.eval_crop``
+        (at most ``eval.max_windows`` when > 0): what evaluation scores every forecaster on."""
+        return self._capped(self.dataset.eval_batches(split, batch_size, crop_size=self.contract.eval_crop))
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Fixed evaluation batches of ``split`` (at most ``eval.max_windows`` samples when > 0)."""
-        return self.source.eval_batches(split, batch_size, int(self.config.eval.max_windows))
+        """:meth:`eval_windows` in model units."""
+        return (self.contract.model_batch(b) for b in self.eval_windows(split, batch_size))
 
-    def evaluate(self, params, split: str, out_dir=None) -> dict:
-        """Model vs baselines on ``split`` (see :mod:`nowcast_jax.precip.evaluate`).
-
-        ``out_dir`` (or ``config.eval.out_dir`` when None) receives a PNG strip.
-        """
-        out_dir = out_dir or self.config.eval.get("out_dir", "") or None
-        if self.source_name == "moving_mnist":
-            return precip_report.evaluate_moving_mnist(self, params, split, out_dir)
-        return precip_report.evaluate_radar(self, params, split, out_dir)
-
-    # -- export -----------------------------------------------------------------------
-    def export_spec(self, params):
-        """For ``nowcast-jax export``: ``(fn, input_specs, sidecar)``.
-
-        Radar: ``rain [b, J, H, W, 1]`` mm/h (0 outside the domain) -> ``[b, K, H, W, 1]`` mm/h,
-        the stored rain transform baked in; ``H, W`` is the evaluation grid (the centred
-        ``eval_crop_size`` of the downsampled frames). The sidecar's ``radar.grid`` is the full
-        downsampled frame ``[H0, W0]`` and ``radar.centre_crop`` the ``[H, W]`` cut from it, so
-        ``nowcast-jax predict`` can refuse frames at another scale. Moving MNIST: frames in
-        [0, 1] -> pixel probabilities.
-        """
-        from nowcast_jax.engine import export
-
-        data = self.config.data
-        if self.source_name == "moving_mnist":
-            size = int(data.frame_size)
-            fn = lambda frames: jax.nn.sigmoid(self.predict(params, frames))  # noqa: E731
-            sidecar = {"kind": "frames", "units": "pixel intensity in [0, 1]"}
-            return fn, export.batch_specs(((self.input_frames, size, size, 1), "float32")), sidecar
-        transform = self.source.transform
-        height, width = next(self.source.eval_batches("test", 1, 1))["inputs"].shape[2:4]
-
-        def fn(rain):  # [b, J, H, W, 1] mm/h -> [b, K, H, W, 1] mm/h
-            return transform.inverse(self.predict(params, transform.forward(rain, jnp)), jnp)
-
-        sidecar = {
-            "kind": "radar", "units": "mm/h", "input_steps": self.input_frames, "output_steps": self.output_frames,
-            "time_step_minutes": float(data.timestep_minutes), "normalisation": self.state_extras(),
-            "radar": {"importer": data.importer, "importer_kwargs": dict(data.importer_kwargs),
-                      "fn_pattern": data.fn_pattern, "downsample_factor": int(data.downsample),
-                      "grid": [int(v) for v in self.source.ds.frame_shape()],  # full downsampled frame
-                      "centre_crop": [int(height), int(width)]},
-            "inputs": [{"name": "rain", "units": "mm/h"}], "outputs": [{"name": "rain", "units": "mm/h"}]}
-        return fn, export.batch_specs(((self.input_frames, height, width, 1), "float32")), sidecar
-
-    # -- extras -----------------------------------------------------------------------
     def state_extras(self) -> dict:
-        """JSON-able: the source and, for radar, the rain transform parameters."""
-        return self.source.extras()
+        """JSON-able: the fitted contract (``preprocess``)."""
+        return {"source": self.source, "preprocess": self.contract.to_dict()}
 
     def load_extras(self, extras: dict) -> None:
-        self.source.load_extras(extras or {})
+        """Adopt a checkpoint's rain transform (the fitted part); reading, grid and crops stay the
+        config's and the data's. ``ConfigError`` when the config changes what the weights mean
+        (:data:`WEIGHTS_MEAN`). Checkpoints written before the contract existed hold only ``transform``."""
+        extras = extras or {}
+        if "preprocess" in extras:
+            stored = RadarContract.from_dict(extras["preprocess"])
+            for name, key in WEIGHTS_MEAN.items():
+                was, now = getattr(stored, name), getattr(self.contract, name)
+                if was != now:
+                    raise ConfigError(f"{key} is {now!r} but the checkpoint was trained with {was!r}: the weights "
+                                      f"would mean something else; restore without that override")
+            transform = stored.transform
+        elif "transform" in extras:
+            transform = make_transform(**extras["transform"])
+        else:
+            return
+        self.contract = dataclasses.replace(self.contract, transform=transform)
 
 
-def make_task(config) -> PrecipTask:
-    """Factory used by the CLI (``config.task = "precip"``)."""
-    return PrecipTask(config)
+TASKS = {task.source: task for task in (MovingMNISTTask, RadarTask)}
+
+
+def make_task(config) -> MovingMNISTTask | RadarTask:
+    """The task of ``config.data.source`` (``config.task = "precip"``): the one place the source is read."""
+    task_class = TASKS.get(config.data.source)
+    if task_class is None:
+        raise ConfigError(f"config.data.source must be one of {sorted(TASKS)}; got {config.data.source!r}")
+    return task_class(config)

@@ -1,29 +1,40 @@
-"""Event decisions of the visibility task: classifier cuts, and the runs combined with a model.
+"""Event decisions of the visibility evaluation: how the event *visibility < threshold* is
+forecast (``eval.event_source``, ``eval.event_rule``, ``eval.classifier_prob``).
 
-* :func:`calibrate_cut`: probability cuts with frequency bias 1 on the training windows
-  (one per horizon, or one per stratum and horizon for ``eval.event_rule="stratified"``).
+* :func:`check_eval_config`: the ``eval.*`` event choices are valid (checked when the task
+  is built, so a bad choice fails before training, not after).
+* :func:`classifier_cut`: the probability above which the classifier forecasts the event:
+  ``eval.classifier_prob``, or calibrated on the training windows (:func:`calibrate_cut`:
+  frequency bias 1, one per horizon, or per stratum and horizon for
+  ``eval.event_rule="stratified"``).
 * :func:`decide_events`: ``prob > cut``, with the stratified rule's two rows.
 * :func:`choose_cut_on_validation`: per horizon, the candidate cut with the best CSI on
   held-out (validation) windows, with a fallback when they hold too few events.
-* :func:`member_workdirs` / :func:`check_member` / :func:`check_classifier_member`: the runs
-  of ``eval.ensemble_workdirs`` (a seed ensemble: value heads and classifier probabilities
-  averaged) and ``eval.value_workdirs`` (the value forecast). A member may have other
-  features, history or model, never other windows: its split windows (stations, end times,
-  targets, last visibility), horizons, step and visibility cap must be the task's, and a
-  classifier member must forecast the same event. Otherwise a ``ValueError`` says which.
 
-numpy only.
+numpy, and the engine's :class:`~nowcast_jax.engine.config.ConfigError` (whose module
+imports no jax); never jax.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from nowcast_jax.visibility.preprocess import parse_names
+from nowcast_jax.engine.config import ConfigError
 
 EVENT_SOURCES = ("value", "classifier")
 EVENT_RULES = ("cut", "stratified")
-SPLITS = ("train", "val", "test")
+
+
+def check_eval_config(config) -> None:
+    """ConfigError unless ``eval.event_source`` / ``eval.event_rule`` are known and a
+    classifier event source has its head (``loss.aux_weight > 0``)."""
+    source, rule = str(config.eval.event_source), str(config.eval.get("event_rule", "cut"))
+    if source not in EVENT_SOURCES:
+        raise ConfigError(f"eval.event_source must be one of {EVENT_SOURCES}, got {source!r}")
+    if rule not in EVENT_RULES:
+        raise ConfigError(f"eval.event_rule must be one of {EVENT_RULES}, got {rule!r}")
+    if source == "classifier" and float(config.loss.aux_weight) <= 0:
+        raise ConfigError("eval.event_source='classifier' needs the auxiliary head: set loss.aux_weight > 0")
 
 
 def calibrate_cut(prob: np.ndarray, event: np.ndarray, strata: np.ndarray | None = None,
@@ -110,49 +121,20 @@ def choose_cut_on_validation(prob: np.ndarray, event: np.ndarray, cuts: np.ndarr
     return index, csi
 
 
-def member_workdirs(eval_cfg, key: str) -> tuple[str, ...]:
-    """The workdirs listed in ``eval.<key>`` (a tuple, or the string an override gives)."""
-    value = eval_cfg.get(key, ()) or ()
-    if isinstance(value, str):
-        value = parse_names(value) if value.strip() else ()
-        value = (value,) if isinstance(value, str) else value
-    return tuple(str(d) for d in value if str(d))
+def classifier_cut(eval_cfg, train_prob, train_y, train_start_vis, threshold: float) -> np.ndarray:
+    """Probability above which the classifier forecasts the event: ``[H]`` (rule ``"cut"``)
+    or ``[2, H]`` (rule ``"stratified"``: row 0 for windows whose last observed visibility is
+    at or above the threshold, row 1 for those starting below it).
 
-
-def _window_mismatch(task, member) -> str:
-    """'' when ``member`` forecasts ``task``'s windows; else what differs."""
-    if tuple(member.horizons_hours) != tuple(task.horizons_hours):
-        return f"horizons {list(member.horizons_hours)} h vs {list(task.horizons_hours)} h"
-    if str(member.data.step) != str(task.data.step):
-        return f"grid step {member.data.step} vs {task.data.step}"
-    if float(member.data.visibility_cap_m) != float(task.data.visibility_cap_m):
-        return f"visibility cap {member.data.visibility_cap_m} m vs {task.data.visibility_cap_m} m"
-    for split in SPLITS:
-        a, b = member.data.split(split), task.data.split(split)
-        if len(a) != len(b):
-            return f"{len(a)} {split} windows vs {len(b)}"
-        for field in ("station", "times", "y", "start_vis"):
-            if not np.array_equal(getattr(a, field), getattr(b, field)):
-                return f"other {split} windows ({field} differs)"
-    return ""
-
-
-def check_member(task, member, label: str) -> None:
-    """Raise ``ValueError`` unless ``member`` (a restored task) forecasts exactly ``task``'s
-    windows: same splits (stations, end times, targets, last visibility), horizons, step and
-    visibility cap. Features, history, scaler and model may differ (the member predicts from
-    its own inputs of those windows)."""
-    why = _window_mismatch(task, member)
-    if why:
-        raise ValueError(f"{label} forecasts other windows or horizons than this model: {why} (members must "
-                         f"share the data, split and horizons; features may differ)")
-
-
-def check_classifier_member(task, member, label: str) -> None:
-    """Raise ``ValueError`` unless ``member`` has a classifier head for ``task``'s event."""
-    if member.aux_weight <= 0:
-        raise ValueError(f"{label} has no classifier head: every eval.ensemble_workdirs member needs one "
-                         f"(loss.aux_weight > 0) when the classifier decides the event")
-    if member.threshold != task.threshold:
-        raise ValueError(f"{label} classifies visibility < {member.threshold} m, this model "
-                         f"< {task.threshold} m (loss.threshold_m must agree)")
+    ``eval.classifier_prob`` when in (0, 1) (both rows alike); when <= 0, calibrated on the
+    *training* windows (``train_prob()``: their ``[N, H]`` probabilities, called only then;
+    ``train_y [N, H]`` m, ``train_start_vis [N]``) to frequency bias 1 per horizon, per
+    stratum for ``"stratified"``."""
+    h = np.shape(train_y)[1]
+    prob = float(eval_cfg.classifier_prob)
+    rows = 2 if str(eval_cfg.get("event_rule", "cut")) == "stratified" else 1
+    if prob > 0:
+        return np.full(h, prob) if rows == 1 else np.full((rows, h), prob)
+    strata = low_start(train_start_vis, threshold) if rows == 2 else None
+    cut = calibrate_cut(train_prob(), np.asarray(train_y) < threshold, strata, n_strata=rows)
+    return cut[0] if rows == 1 else cut

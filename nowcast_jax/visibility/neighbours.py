@@ -27,12 +27,6 @@ LEVEL_OF = dict(zip(NEIGHBOUR_FEATURES, ("log_visibility", "dewpoint_depression"
 NEIGHBOUR_INPUTS = ("visibility", "temperature", "dew_point")
 
 
-def observed_inputs(grids) -> list[dict]:
-    """Copies of each grid's :data:`NEIGHBOUR_INPUTS` (take them before interpolation and pass
-    them as ``observed=`` to :func:`neighbour_features`)."""
-    return [{k: np.array(g.values[k], np.float64) for k in NEIGHBOUR_INPUTS} for g in grids]
-
-
 def _levels(values: dict) -> dict[str, np.ndarray]:
     """Neighbour feature name -> the ``[S]`` quantity of one station it takes the minimum of."""
     derived = derived_features(values, tuple(LEVEL_OF.values()))
@@ -57,9 +51,10 @@ def neighbour_features(grids, names, *, observed=None) -> tuple[list[dict], dict
       grids: station grids (``.name``, ``.times [S]`` datetime64, ``.values`` canonical
         name -> ``[S]``), all on the same step; their values give the own-value fallback.
       names: feature names wanted (names not in :data:`NEIGHBOUR_FEATURES` are ignored).
-      observed: per grid, its :data:`NEIGHBOUR_INPUTS` before interpolation
-        (:func:`observed_inputs`): what the other stations contribute. None = ``grids``'
-        values (right only when nothing was interpolated).
+      observed: per grid, its values (at least :data:`NEIGHBOUR_INPUTS`) before
+        interpolation, e.g. ``FilledGrid.raw.values`` (what the contract passes): what the
+        other stations contribute. None = ``grids``' values (right only when nothing was
+        interpolated).
 
     Returns:
       ``(features, report)``: ``features[i]`` maps each requested name to a ``[S_i]`` float64

@@ -1,6 +1,11 @@
-"""Station CSV contract: reading, units, regular grid, short-gap interpolation (numpy/pandas).
+"""Station readers: a CSV of surface observations -> the canonical table (numpy/pandas).
 
-The first half of the station pipeline (see :mod:`nowcast_jax.visibility.dataset`).
+The first stage of the station pipeline (read -> grid -> features -> windows -> scale; see
+:mod:`nowcast_jax.visibility.dataset`). :class:`CsvContract` is what a file must look like
+(columns, units, times, missing markers, valid ranges); :meth:`CsvContract.read` gives the
+canonical table: columns ``station``, ``time`` (tz-aware UTC) and :data:`CANONICAL` in
+:data:`CANONICAL_UNITS`. Other formats (NCEI Global Hourly, national archives) belong here as
+further readers producing the same table.
 
 Times: ``time_format`` is a strptime format. Times that carry an offset (``%z``, e.g. a
 trailing ``Z``) are converted to UTC; naive times are taken in ``timezone`` (default
@@ -11,10 +16,14 @@ or are ambiguous at DST changes are dropped and counted. Grid times are UTC
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where a CSV is read (configs import this module)
+    import pandas as pd
 
 
 CANONICAL = ("visibility", "temperature", "dew_point", "wind_speed", "wind_direction",
@@ -100,6 +109,8 @@ def _check_contract(columns: dict, units: dict) -> None:
 
 def _parse_times(raw: pd.Series, time_format: str, timezone: str) -> pd.Series:
     """Strings -> tz-aware UTC times (NaT where unparseable or non-existent locally)."""
+    import pandas as pd
+
     times = pd.to_datetime(raw, format=time_format, errors="coerce")
     if times.notna().sum() == 0 and len(raw):
         raise ValueError(f"no time could be parsed with time_format={time_format!r}; "
@@ -111,6 +122,8 @@ def _parse_times(raw: pd.Series, time_format: str, timezone: str) -> pd.Series:
 
 def _to_number(raw: pd.Series, csv_column: str) -> np.ndarray:
     """Strings (markers already NaN) -> float64; other non-numbers are an error."""
+    import pandas as pd
+
     num = pd.to_numeric(raw, errors="coerce")
     bad = raw.notna() & num.isna()
     if bad.any():
@@ -132,6 +145,8 @@ def read_station_csv(path, *, time_column: str, time_format: str, columns: dict,
       (kept), ``rows_bad_time`` (dropped: unparseable, non-existent or ambiguous times),
       ``out_of_range`` per variable.
     """
+    import pandas as pd  # here, not at import: configs import this module's defaults
+
     _check_contract(columns, units)
     header = list(pd.read_csv(path, nrows=0).columns)
     wanted = [time_column] + ([station_column] if station_column else []) + [columns[c] for c in CANONICAL]
@@ -166,69 +181,61 @@ def read_station_csv(path, *, time_column: str, time_format: str, columns: dict,
                    "out_of_range": out_of_range}
 
 
-# --------------------------------------------------------------------------- grid
+# --------------------------------------------------------------------------- the contract
 
-@dataclass
-class StationGrid:
-    """One station on a regular grid: ``times [S]`` UTC datetime64[s]; ``values`` canonical
-    name -> ``[S]`` float64 (NaN = missing); ``observed [S]`` False where no observation fell
-    in the step."""
-
-    name: str
-    times: np.ndarray
-    values: dict
-    observed: np.ndarray
+def _frozen(mapping) -> MappingProxyType:
+    return MappingProxyType(dict(mapping))
 
 
-def to_grid(table: pd.DataFrame, step: str) -> tuple[list[StationGrid], dict]:
-    """Resample each station onto ``step``: value at ``t`` = latest observation in ``(t - step, t]``.
+@dataclass(frozen=True)
+class CsvContract:
+    """What a station CSV must look like; the keyword arguments of :func:`read_station_csv`.
 
-    Within a step, each variable takes its latest non-missing value. Returns the grids and a
-    report: per station ``rows``, ``steps``, ``missing_steps``, ``merged_rows`` (observations
-    that shared a step with a later one).
+    ``columns``: canonical name -> CSV column; ``units``: canonical name -> unit of that
+    column; ``valid_ranges``: canonical name -> ``(lo, hi)`` in canonical units (complete:
+    :data:`DEFAULT_VALID_RANGES` merged with the given ones). Read-only mappings; JSON-able via
+    :meth:`to_dict`.
     """
-    delta = pd.Timedelta(step)
-    grids, report = [], {}
-    for name, part in table.groupby("station", sort=True):
-        label = part["time"].dt.ceil(delta)
-        binned = part[list(CANONICAL)].groupby(label.to_numpy()).last()
-        index = pd.date_range(binned.index.min(), binned.index.max(), freq=delta)
-        full = binned.reindex(index)
-        observed = index.isin(binned.index)
-        times = index.tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[s]")
-        grids.append(StationGrid(str(name), times, {c: full[c].to_numpy(np.float64) for c in CANONICAL},
-                                 np.asarray(observed)))
-        report[str(name)] = {"rows": int(len(part)), "steps": int(len(index)),
-                             "missing_steps": int((~observed).sum()),
-                             "merged_rows": int(len(part) - len(binned))}
-    return grids, report
 
+    time_column: str
+    time_format: str
+    columns: MappingProxyType
+    units: MappingProxyType
+    timezone: str = "UTC"
+    station_column: str = ""
+    stations: tuple = ()
+    missing_values: tuple = DEFAULT_MISSING
+    valid_ranges: MappingProxyType = field(default_factory=lambda: _frozen(DEFAULT_VALID_RANGES))
 
-def interpolate_short_gaps(values: np.ndarray, max_steps: int) -> tuple[np.ndarray, int]:
-    """Linearly fill NaN runs of at most ``max_steps`` with finite values on both sides.
+    def __post_init__(self):
+        ranges = {**DEFAULT_VALID_RANGES, **dict(self.valid_ranges or {})}
+        set_ = object.__setattr__
+        set_(self, "columns", _frozen(self.columns))
+        set_(self, "units", _frozen({c: self.units.get(c, CANONICAL_UNITS[c]) for c in CANONICAL}))
+        set_(self, "stations", tuple(str(s) for s in self.stations or ()))
+        set_(self, "missing_values", tuple(str(m) for m in self.missing_values))
+        set_(self, "valid_ranges", _frozen({k: (float(v[0]), float(v[1])) for k, v in ranges.items()}))
+        _check_contract(dict(self.columns), dict(self.units))
 
-    Longer runs, and runs at either end, stay NaN (never partially filled).
-    ``values``: ``[S]``. Returns ``(filled copy [S], number of values filled)``.
-    """
-    out = np.array(values, dtype=np.float64, copy=True)
-    nan = np.isnan(out)
-    if max_steps <= 0 or not nan.any() or nan.all():
-        return out, 0
-    edges = np.diff(np.concatenate([[0], nan.astype(np.int8), [0]]))
-    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    inner = (starts > 0) & (stops < len(out)) & (stops - starts <= max_steps)
-    idx = np.arange(len(out))
-    good = ~nan
-    filled = 0
-    for a, b in zip(starts[inner], stops[inner]):
-        out[a:b] = np.interp(idx[a:b], idx[good], out[good])
-        filled += b - a
-    return out, int(filled)
+    def read(self, path) -> tuple[pd.DataFrame, dict]:
+        """:func:`read_station_csv` of ``path`` under this contract."""
+        return read_station_csv(path, time_column=self.time_column, time_format=self.time_format,
+                                columns=dict(self.columns), units=dict(self.units),
+                                station_column=self.station_column, stations=self.stations,
+                                missing_values=self.missing_values, timezone=self.timezone,
+                                valid_ranges=dict(self.valid_ranges))
 
+    def to_dict(self) -> dict:
+        """JSON-able form (stored in checkpoints and export sidecars)."""
+        return {"time_column": self.time_column, "time_format": self.time_format, "timezone": self.timezone,
+                "station_column": self.station_column, "stations": list(self.stations),
+                "columns": dict(self.columns), "units": dict(self.units),
+                "missing_values": list(self.missing_values),
+                "valid_ranges": {k: list(v) for k, v in self.valid_ranges.items()}}
 
-def steps_of(hours: float, step: str, what: str) -> int:
-    """Hours -> a whole number of grid steps (error when not a whole number)."""
-    n = pd.Timedelta(hours=float(hours)) / pd.Timedelta(step)
-    if n <= 0 or abs(n - round(n)) > 1e-9:
-        raise ValueError(f"{what} of {hours} h is not a positive whole number of {step} steps")
-    return int(round(n))
+    @classmethod
+    def from_dict(cls, d: dict) -> "CsvContract":
+        """Inverse of :meth:`to_dict` (unknown keys, e.g. an old sidecar's ``path``, ignored)."""
+        keys = ("time_column", "time_format", "timezone", "station_column", "stations", "columns", "units",
+                "missing_values", "valid_ranges")
+        return cls(**{k: d[k] for k in keys if d.get(k) is not None})

@@ -1,4 +1,4 @@
-"""Scores, tables and plots of the visibility task (numpy + matplotlib; no jax).
+"""Scores and tables of the visibility evaluation (numpy only; the figures are in plots.py).
 
 Layout of the results (:func:`score_all`), every score a list over horizons:
 
@@ -56,7 +56,7 @@ def diurnal_climatology(train) -> dict:
     ``train``: StationWindows; uses the visibility at each window's end (``start_vis [N]``
     at ``times [N]``), i.e. every training hour once. Returns ``{"stations": [S],
     "table": [S, 24] metres, "overall": float}``; an hour without data gets the station mean.
-    A forecast looks the table up at the valid time (:func:`climatology_forecast`).
+    A forecast looks the table up at the valid time (:func:`diurnal_climatology_forecast`).
     """
     hours = _hour_of_day(train.times.astype("datetime64[s]"))
     vis = train.start_vis.astype(np.float64)
@@ -72,7 +72,7 @@ def diurnal_climatology(train) -> dict:
     return {"stations": stations, "table": table, "overall": overall}
 
 
-def climatology_forecast(clim: dict, windows, horizons_hours) -> np.ndarray:
+def diurnal_climatology_forecast(clim: dict, windows, horizons_hours) -> np.ndarray:
     """``[N, H]`` climatological visibility at each window's valid times (metres)."""
     hours = _hour_of_day(valid_times(windows.times, horizons_hours))
     index = {s: i for i, s in enumerate(clim["stations"])}
@@ -107,7 +107,7 @@ def forecaster_scores(value, obs, mask=None, *, thresholds=(1000.0,), event=None
     valid = np.isfinite(value) & np.isfinite(obs)
     if mask is not None:
         valid &= np.broadcast_to(np.asarray(mask, bool), value.shape)
-    out = {"n": valid.sum(0), "rmse": sm.rmse(value, obs, mask), "mae": sm.mae(value, obs, mask),
+    out = {"n": valid.sum(0), "rmse": sm.root_mean_squared_error(value, obs, mask), "mae": sm.mean_absolute_error(value, obs, mask),
            "me": _mean_error(value, obs, valid), "r": sm.pearson_r(value, obs, mask)}
     for t in thresholds:
         pred = value
@@ -247,7 +247,7 @@ def _lag_section(results: dict, labels: list) -> list:
     return lines + [""]
 
 
-def format_report(results: dict, horizons_hours=None) -> str:
+def score_tables(results: dict, horizons_hours=None) -> str:
     """Markdown tables like the paper's Tables 1-2: each score for the model, MLP,
     persistence and climatology, and the model's percent change vs persistence and MLP,
     over all windows and over hazy starts; then the lag correlations."""

@@ -1,181 +1,175 @@
-"""Serving stations: a station CSV -> a CSV of forecasts, with a raw-units forecaster.
+"""Serving stations: the exported forecaster, and a station CSV -> a CSV of forecasts.
 
-:func:`forecast_station`: a station CSV (the training data contract) -> a CSV with one row
-per station and horizon (``station, issue_time, horizon_hours, valid_time, visibility_m``).
-The sidecar keys it reads are those the visibility export writes: ``features``,
-``history``, ``horizons_hours``, ``step``, ``csv`` (the CSV contract of
-:func:`nowcast_jax.visibility.readers.read_station_csv`, ``valid_ranges`` included),
-``visibility_cap_m``, ``calm_ms``, ``variable_wind``, ``interpolate`` (variable names) and
-``max_interp_steps``: a station CSV goes through the training data steps (read, clip at
-the cap, grid, interpolate, features). Inputs that do not fit raise
-:class:`~nowcast_jax.artifact.ServeError` saying what was expected. numpy/pandas only.
+* :func:`export_spec` (the ``nowcast-jax export`` hook): raw canonical features
+  ``x [b, T, F]`` -> visibility ``[b, H]`` m, the contract's scaler and target transform baked
+  in; the sidecar carries the fitted contract (``sidecar["contract"]``), so the artifact
+  alone can serve.
+* :func:`forecast_station` (the ``nowcast-jax predict`` hook): a station CSV -> one row per
+  station and horizon (``station, issue_time, horizon_hours, valid_time, visibility_m``).
+  The CSV goes through the contract's own stages (:mod:`nowcast_jax.visibility.preprocess`:
+  read, cap, grid, short gaps, features), exactly as training read its CSV; the last
+  ``history`` steps of each station must be as complete as a training window.
+
+Inputs that do not fit raise :class:`~nowcast_jax.artifact.ServeError` saying what was
+expected. numpy/pandas only (jax only inside :func:`export_spec`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from nowcast_jax.artifact import ServeError
+from nowcast_jax.visibility.preprocess import StationContract, StationObservations
+from nowcast_jax.visibility.readers import CsvContract
+from nowcast_jax.visibility.scaling import MinMaxScaler, TargetTransform
+from nowcast_jax.visibility.windows import InputCheck, check_window_inputs
 
 
-def csv_contract(sidecar: dict) -> dict:
-    """Keyword arguments of ``read_station_csv`` from the sidecar (its ``csv`` contract, with
-    ``valid_ranges``), as the training data path passed them."""
-    contract = {k: v for k, v in dict(sidecar["csv"]).items() if k not in ("path", "visibility_cap_m")}
-    if contract.get("valid_ranges") is None:
-        contract.pop("valid_ranges", None)
-        if sidecar.get("valid_ranges") is not None:
-            contract["valid_ranges"] = sidecar["valid_ranges"]
-    if contract.get("valid_ranges") is not None:
-        contract["valid_ranges"] = {k: tuple(float(b) for b in v) for k, v in contract["valid_ranges"].items()}
-    return contract
+def export_spec(task, params):
+    """``(fn, input_specs, sidecar)`` of a visibility task: ``fn`` maps raw canonical features
+    ``x [b, T, F]`` (degC, hPa, m/s, mm, m; wind as sin/cos) to visibility ``[b, H]`` m."""
+    import jax.numpy as jnp
+
+    from nowcast_jax.engine import export
+
+    contract, apply = task.contract, task.model.apply
+
+    def fn(x):  # [b, T, F] raw -> [b, H] metres: the contract's own input and output stages
+        return contract.to_metres(apply(params, contract.model_inputs(x, jnp))["value"], jnp)
+
+    sidecar = {"kind": "station", "contract": contract.to_dict(), "units": "m",
+               "time_step_minutes": contract.step_minutes, "horizons_hours": list(contract.horizons_hours),
+               "inputs": [{"name": "features", "units": "canonical: degC, hPa, m/s, mm, m; wind_dir_sin/cos; "
+                           "derived features as nowcast_jax.visibility.features computes them"}],
+               "outputs": [{"name": "visibility", "units": "m"}]}
+    specs = export.batch_specs(((contract.history_steps, len(contract.features)), "float32"))
+    return fn, specs, sidecar
 
 
-def station_visibility_cap(sidecar: dict) -> float | None:
-    """The visibility cap (m) the training data was clipped to: ``sidecar["visibility_cap_m"]``
-    (older sidecars: the CSV contract's ``visibility_cap_m``), or None."""
-    cap = sidecar.get("visibility_cap_m", dict(sidecar.get("csv") or {}).get("visibility_cap_m"))
-    return float(cap) if cap else None
-
-
-def station_grids(sidecar: dict, csv_path, *, with_observed: bool = False):
-    """The training data steps up to the features, on a new CSV: read (units, missing markers,
-    ``valid_ranges``), clip visibility at the trained cap, grid on ``step``, interpolate
-    short inner gaps of the ``interpolate`` variables. Returns the station grids
-    (:class:`nowcast_jax.visibility.readers.StationGrid`); with ``with_observed`` also the
-    neighbour-feature inputs taken before interpolation (``station_neighbours.observed_inputs``)."""
-    from nowcast_jax.visibility import readers as station_io
-    from nowcast_jax.visibility import neighbours as station_neighbours
-
-    try:
-        table, _ = station_io.read_station_csv(csv_path, **csv_contract(sidecar))
-    except ValueError as err:  # missing columns, unknown units, unparseable times
-        raise ServeError(f"{csv_path}: does not follow the forecaster's CSV contract: {err}") from err
-    except FileNotFoundError as err:
-        raise ServeError(f"{csv_path} not found") from err
-    if table.empty:
-        raise ServeError(f"{csv_path}: no rows with a valid time")
-    cap = station_visibility_cap(sidecar)
-    if cap is not None:  # as load_station_dataset: visibility above the cap is the cap
-        table["visibility"] = table["visibility"].clip(upper=cap)
-    grids, _ = station_io.to_grid(table, str(sidecar["step"]))
-    observed = station_neighbours.observed_inputs(grids)
-    max_steps = int(sidecar.get("max_interp_steps", 0))
-    for grid in grids:
-        for name in sidecar.get("interpolate", ()):
-            # two-sided, so a gap at the end of the CSV (no later observation) stays missing
-            grid.values[name], _ = station_io.interpolate_short_gaps(grid.values[name], max_steps)
-    return (grids, observed) if with_observed else grids
-
-
-def station_steps_needed(sidecar: dict) -> int:
-    """Grid steps a station CSV must cover: the ``history``; with change features (e.g. the
-    3 h changes of ``fog16``) also their look-back and ``max_interp_steps`` more, so that
-    every look-back value, and the interpolation that may have filled it, is the one
-    training computed (a look-back the CSV lacks would silently read as "no change")."""
-    import pandas as pd
-
-    from nowcast_jax.visibility import features as station_features
-
-    hours = station_features.lookback_hours(sidecar["features"])
-    if hours <= 0:
-        return int(sidecar["history"])
-    step_h = pd.Timedelta(str(sidecar["step"])).total_seconds() / 3600.0
-    return int(sidecar["history"]) + int(round(hours / step_h)) + int(sidecar.get("max_interp_steps", 0))
-
-
-def _window_problems(grid, window: np.ndarray, features: list, history: int) -> list[str]:
-    """Why the last ``history`` steps of ``grid`` are no training window ([] when they are)."""
-    problems = []
-    gaps = int((~grid.observed[-history:]).sum())
-    if gaps:
-        problems.append(f"no observation in {gaps} step(s)")
-    bad = [f for f, ok in zip(features, np.isfinite(window).all(axis=0)) if not ok]
-    if not np.isfinite(grid.values["visibility"][-1]) and "visibility" not in bad:
-        bad.append("visibility (last step)")
-    if bad:
-        problems.append(f"missing {bad}")
-    return problems
-
-
-def _neighbour_inputs(sidecar: dict, grids: list, observed: list, csv_path) -> list[dict]:
-    """Per grid, the neighbour-station features the forecaster takes (``[{}, ...]`` if none).
-
-    They compare each station with the others of the file, so the CSV must hold the stations
-    the forecaster was trained with (``sidecar["neighbour_stations"]``), no fewer and no more:
-    a missing station would read as "no neighbour observed", a regime training hardly saw
-    (to forecast only some stations, pass ``stations=`` and keep the others' rows)."""
-    from nowcast_jax.visibility import neighbours as station_neighbours
-
-    features = list(sidecar["features"])
-    if not any(f in station_neighbours.NEIGHBOUR_FEATURES for f in features):
-        return [{} for _ in grids]
-    trained = sorted(sidecar.get("neighbour_stations") or ())
-    found = sorted(g.name for g in grids)
-    if not trained:
-        raise ServeError("the forecaster takes neighbour-station features but its sidecar lacks "
-                           "'neighbour_stations' (re-export it)")
-    if found != trained:
-        raise ServeError(f"{csv_path}: the forecaster's neighbour-station features compare stations "
-                           f"{trained}; the CSV holds {found} (it needs the same stations; to forecast "
-                           f"only some, keep every station's rows and pass stations= / --stations)")
-    near, _ = station_neighbours.neighbour_features(grids, features, observed=observed)
-    return near
-
-
-def read_station_inputs(sidecar: dict, csv_path, stations=None) -> tuple[np.ndarray, list[str], list[np.datetime64]]:
-    """``(x [S, T, F] raw features, station names, issue times)`` from the last T grid steps
-    of each station of the CSV, or of ``stations`` only (the others still give their
-    neighbour-station features).
-
-    The last T steps of every station must be as complete as a training window: each step
-    observed (no step without any observation), every feature finite after interpolation
-    (missing values at the end of the CSV cannot be interpolated: no later observation) and
-    the last visibility finite; with change features the CSV must also reach back
-    :func:`station_steps_needed` steps. Otherwise :class:`ServeError` names the stations
-    and features.
-    """
-    from nowcast_jax.visibility import features as station_features
-
+def sidecar_station_contract(sidecar: dict) -> StationContract:
+    """The contract of an exported station forecaster: ``sidecar["contract"]``; sidecars
+    written before it existed are read from their flat keys (``features``, ``history``,
+    ``step``, ``csv``, ``visibility_cap_m``, ``interpolate``, ...)."""
+    if "contract" in sidecar:
+        return StationContract.from_dict(sidecar["contract"])
     for key in ("features", "history", "step", "csv"):
         if key not in sidecar:
             raise ServeError(f"the forecaster's sidecar lacks {key!r} (needed to read a station CSV)")
-    history, step, features = int(sidecar["history"]), str(sidecar["step"]), list(sidecar["features"])
-    need = station_steps_needed(sidecar)
-    grids, observed = station_grids(sidecar, csv_path, with_observed=True)
-    near = _neighbour_inputs(sidecar, grids, observed, csv_path)
-    wanted = [str(s) for s in stations] if stations else [g.name for g in grids]
-    unknown = sorted(set(wanted) - {g.name for g in grids})
+    csv = dict(sidecar["csv"])
+    cap = sidecar.get("visibility_cap_m", csv.get("visibility_cap_m"))
+    norm = sidecar.get("normalisation") or {}
+    return StationContract(
+        csv=CsvContract.from_dict({**csv, "valid_ranges": csv.get("valid_ranges") or sidecar.get("valid_ranges")}),
+        visibility_cap_m=float(cap) if cap else None, step=str(sidecar["step"]),
+        interpolate=tuple(sidecar.get("interpolate", ())), max_interp_steps=int(sidecar.get("max_interp_steps", 0)),
+        calm_wind_ms=float(sidecar.get("calm_ms", 0.0)), variable_wind=str(sidecar.get("variable_wind", "missing")),
+        features=tuple(sidecar["features"]), history_steps=int(sidecar["history"]),
+        horizons_hours=tuple(sidecar.get("horizons_hours") or (1.0,)),
+        neighbour_stations=tuple(sidecar.get("neighbour_stations") or ()),
+        scaler=MinMaxScaler.from_dict(norm["scaler"]) if "scaler" in norm else None,
+        target=TargetTransform.from_dict(norm["target_transform"]) if "target_transform" in norm else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class StationInputs:
+    """The inputs of one forecast: ``x [S, T, F]`` raw features (float64) of the last ``T``
+    grid steps of each station forecast, their ``names`` and ``issue_times`` (last step)."""
+
+    x: np.ndarray
+    names: list
+    issue_times: list
+
+
+def _observations(contract: StationContract, csv_path) -> StationObservations:
+    """The contract's read stage, its errors as :class:`ServeError`."""
+    if contract.needs_neighbours and not contract.neighbour_stations:
+        raise ServeError("the forecaster takes neighbour-station features but its sidecar lacks "
+                         "'neighbour_stations' (re-export it)")
+    try:
+        return contract.read_stations(csv_path)
+    except FileNotFoundError as err:
+        raise ServeError(f"{csv_path} not found") from err
+    except ValueError as err:  # missing columns, unknown units, unparseable times, no rows
+        raise ServeError(f"{csv_path}: does not follow the forecaster's CSV contract: {err}") from err
+
+
+def _window_problems(check: InputCheck, features) -> list[str]:
+    """Why one window is no training window ([] when it is one); ``check``: that window's
+    :func:`~nowcast_jax.visibility.windows.check_window_inputs`."""
+    problems = []
+    gaps = int(check.unobserved[0])
+    if gaps:
+        problems.append(f"no observation in {gaps} step(s)")
+    bad = [f for f, missing in zip(features, check.missing[0]) if missing]
+    if check.last_vis_missing[0] and "visibility" not in bad:
+        bad.append("visibility (last step)")
+    if bad:
+        problems.append(f"missing {bad}")
+    if check.last_filled[0]:
+        problems.append("last step interpolated")
+    return problems
+
+
+def _station_window(contract: StationContract, station, matrix: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """``(the last T rows of matrix, "")``, or ``(None, why not)``; ``station``: a
+    :class:`~nowcast_jax.visibility.grid.FilledGrid`."""
+    grid, history, need = station.grid, contract.history_steps, contract.steps_needed
+    if need > history and len(grid.times) < need:  # change features: their look-back too
+        return None, f"{grid.name} ({len(grid.times)} steps, {need} needed with the look-back of the changes)"
+    if len(grid.times) < history:
+        return None, f"{grid.name} ({len(grid.times)} steps)"
+    check = check_window_inputs(matrix, grid.values["visibility"], grid.observed, history, [len(grid.times) - 1],
+                                station.filled)
+    problems = _window_problems(check, list(contract.features))
+    if problems:
+        return None, f"{grid.name} ({history} steps" + "".join(f", {p}" for p in problems) + ")"
+    return matrix[-history:], ""
+
+
+def station_inputs(contract: StationContract, csv_path, stations=None) -> StationInputs:
+    """The raw inputs of the last ``T`` grid steps of each station of the CSV, or of
+    ``stations`` only (the others still give their neighbour-station features).
+
+    The last T steps of every station must be as complete as a training window: each step
+    observed, every feature finite after interpolation (missing values at the end of the
+    CSV cannot be interpolated: no later observation) and the last visibility finite; with
+    change features the CSV must also reach back ``contract.steps_needed`` steps. Otherwise
+    :class:`ServeError` names the stations and features.
+    """
+    observations = _observations(contract, csv_path)
+    try:
+        matrices, _ = contract.feature_matrices(observations)
+    except ValueError as err:  # neighbour features: not the trained stations
+        raise ServeError(f"{csv_path}: {err}; to forecast only some, keep every station's rows and pass "
+                         f"stations= / --stations") from err
+    found = observations.names
+    wanted = [str(s) for s in stations] if stations else found
+    unknown = sorted(set(wanted) - set(found))
     if unknown:
-        raise ServeError(f"{csv_path}: no rows for station(s) {unknown}; "
-                           f"it holds {sorted(g.name for g in grids)}")
+        raise ServeError(f"{csv_path}: no rows for station(s) {unknown}; it holds {sorted(found)}")
     xs, names, issued, short = [], [], [], []
-    for grid, g_near in zip(grids, near):
-        if grid.name not in wanted:
+    for s, matrix in zip(observations.stations, matrices):
+        if s.grid.name not in wanted:
             continue
-        if need > history and len(grid.times) < need:  # change features: their look-back too
-            short.append(f"{grid.name} ({len(grid.times)} steps, {need} needed with the look-back of the changes)")
-            continue
-        matrix, _ = station_features.feature_matrix(grid.values, features, calm_ms=float(sidecar.get("calm_ms", 0.0)),
-                                                    variable_wind=str(sidecar.get("variable_wind", "missing")),
-                                                    times=grid.times, neighbours=g_near)
-        window = matrix[-history:]
-        problems = _window_problems(grid, window, features, history)
-        if len(window) < history or problems:
-            short.append(f"{grid.name} ({len(window)} steps" + "".join(f", {p}" for p in problems) + ")")
+        window, why = _station_window(contract, s, matrix)
+        if window is None:
+            short.append(why)
             continue
         xs.append(window)
-        names.append(grid.name)
-        issued.append(grid.times[-1])
+        names.append(s.grid.name)
+        issued.append(s.grid.times[-1])
     if short:
-        raise ServeError(f"too little history: the forecaster needs the last {history} steps of {step} "
-                           f"complete for {features}" + (f" and {need} steps in all" if need > history else "")
-                           + " (gaps are interpolated only between observations, so the latest steps must be "
-                           f"observed); not so for station(s) {', '.join(short)} (stations= / --stations "
-                           "forecasts the others)")
-    return np.stack(xs).astype(np.float32), names, issued
+        history, need = contract.history_steps, contract.steps_needed
+        raise ServeError(f"too little history: the forecaster needs the last {history} steps of {contract.step} "
+                         f"complete for {list(contract.features)}" + (f" and {need} steps in all" if need > history
+                                                                      else "")
+                         + " (gaps are interpolated only between observations, so the latest steps must be "
+                         f"observed); not so for station(s) {', '.join(short)} (stations= / --stations "
+                         "forecasts the others)")
+    return StationInputs(np.stack(xs), names, issued)
 
 
 def forecast_station(forecast, sidecar: dict, csv_path, out_path, *, stations=None) -> list[Path]:
@@ -183,15 +177,17 @@ def forecast_station(forecast, sidecar: dict, csv_path, out_path, *, stations=No
     horizon (visibility in metres)."""
     import pandas as pd
 
-    x, names, issued = read_station_inputs(sidecar, csv_path, stations)
-    y = np.asarray(forecast(x))  # [S, n_h] in the output units of the sidecar
-    horizons = list(sidecar.get("horizons_hours", range(1, y.shape[1] + 1)))
+    contract = sidecar_station_contract(sidecar)
+    inputs = station_inputs(contract, csv_path, stations)
+    y = np.asarray(forecast(inputs.x.astype(np.float32)))  # [S, H] in the output units of the sidecar
+    horizons = list(contract.horizons_hours) if "contract" in sidecar else list(
+        sidecar.get("horizons_hours") or range(1, y.shape[1] + 1))
     if len(horizons) != y.shape[1]:
         raise ServeError(f"forecaster returns {y.shape[1]} horizons; sidecar lists {horizons}")
     column = f"visibility_{sidecar.get('outputs', [{}])[0].get('units', 'm')}"
     rows = [{"station": s, "issue_time": pd.Timestamp(t).isoformat() + "Z", "horizon_hours": h,
              "valid_time": (pd.Timestamp(t) + pd.Timedelta(hours=float(h))).isoformat() + "Z", column: float(v)}
-            for s, t, ys in zip(names, issued, y) for h, v in zip(horizons, ys)]
+            for s, t, ys in zip(inputs.names, inputs.issue_times, y) for h, v in zip(horizons, ys)]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out_path, index=False)

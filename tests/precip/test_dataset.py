@@ -15,6 +15,7 @@ import pytest
 from nowcast_jax.precip import archive
 from nowcast_jax.precip import decode
 from nowcast_jax.precip import dataset as radar
+from nowcast_jax.precip import preprocess
 
 MCH_PATTERN = "AQC%y%j%H%M?_00005.801"
 MCH_KWARGS = {"product": "AQC", "unit": "mm", "accutime": 5.0}
@@ -55,6 +56,19 @@ def every(start: datetime, n: int, minutes: float = 5) -> list[datetime]:
 
 
 T0 = datetime(2020, 5, 1, 12, 0)
+
+
+def _contract(transform: str = "log1p", importer="fake", **fields) -> preprocess.RadarContract:
+    """A contract with the fake archive's settings, ``transform`` and ``fields`` (e.g. ``importer_kwargs``)."""
+    values = dict(importer_kwargs={}, fn_pattern=FAKE_PATTERN, zr_a=None, zr_b=None, timestep_minutes=5.0,
+                  downsample_factor=1, grid=(32, 40), eval_crop=(32, 40), input_steps=3, output_steps=4)
+    values.update(fields)
+    return preprocess.RadarContract(importer=importer, transform=preprocess.make_transform(transform), **values)
+
+
+def reader(importer, importer_kwargs=None, downsample=1):
+    """What the task gives the dataset: a contract's ``read_frames`` (here maybe with a fake importer)."""
+    return _contract(importer=importer, importer_kwargs=importer_kwargs or {}, downsample_factor=downsample).read_frames
 
 
 # ---------------------------------------------------------------------------------------
@@ -101,16 +115,16 @@ def test_unknown_importer():
 # ---------------------------------------------------------------------------------------
 
 
-def test_find_windows_counts_gap_crossings():
+def test_find_frame_windows_counts_gap_crossings():
     times = [t for i, t in enumerate(every(T0, 10)) if i != 5]  # frame at +25 min missing
-    win, dropped = archive.find_windows(times, 5, 3)
+    win, dropped = archive.find_frame_windows(times, 5, 3)
     # candidates start at 0,5,10,15,20,30,35 (t0+10 <= 45); 15 and 20 need +25 -> dropped
     assert dropped == 2
     assert len(win) == 5
     assert win.tolist()[3] == [5, 6, 7]  # 30, 35, 40 min (indices shift after the gap)
-    full, dropped_full = archive.find_windows(every(T0, 10), 5, 3)
+    full, dropped_full = archive.find_frame_windows(every(T0, 10), 5, 3)
     assert (len(full), dropped_full) == (8, 0)
-    sub, _ = archive.find_windows(every(T0, 10), 10, 3)  # 10-min windows on 5-min data
+    sub, _ = archive.find_frame_windows(every(T0, 10), 10, 3)  # 10-min windows on 5-min data
     assert sub.tolist()[0] == [0, 2, 4] and len(sub) == 6
 
 
@@ -129,7 +143,7 @@ def test_dataset_window_counts_and_disjoint_split(tmp_path):
     times = every(T0, 20)[:12] + every(T0, 20)[13:]  # one missing frame inside event 1
     times += every(T0 + timedelta(days=1), 15) + every(T0 + timedelta(days=2), 9)
     glob = make_archive(tmp_path, times)
-    ds = radar.RadarDataset.open(glob, FAKE_PATTERN, FakeImporter(), 5, 2, 3, test_events=["20200503"],
+    ds = radar.RadarDataset.open(glob, FAKE_PATTERN, reader(FakeImporter()), 5, 2, 3, test_events=["20200503"],
                                  val_events=[1])
     # event 1: 19 frames, +60 min missing -> 15 candidate starts (0..75 min, not 60);
     # 40, 45, 50, 55 cross the hole -> 4 dropped, 11 kept
@@ -156,10 +170,11 @@ def test_shared_radar_window_counts(radar_dir, out_frames, expected):
         "bom10": ("bom/prcp-c10/66/*/*/*/*.nc", "66_%Y%m%d_%H%M%S.prcp-c10", "bom_rf3", 10),
     }
     for name, (glob, pattern, importer, step) in archives.items():
-        ds = radar.RadarDataset.open(str(radar_dir / glob), pattern, importer, step, 5, out_frames)
+        ds = radar.RadarDataset.open(str(radar_dir / glob), pattern, reader(importer), step, 5, out_frames)
         assert ds.stats["windows"] == expected[name], name
         assert ds.stats["dropped_gap"] == 0
-    mch = radar.RadarDataset.open(str(radar_dir / archives["mch"][0]), MCH_PATTERN, "mch_gif", 5, 5, out_frames)
+    mch = radar.RadarDataset.open(str(radar_dir / archives["mch"][0]), MCH_PATTERN, reader("mch_gif"), 5, 5,
+                                  out_frames)
     assert mch.stats["events"] == ["20150515T1545", "20160711T2045", "20170131T0945"]
 
 
@@ -231,7 +246,7 @@ def test_downsample_nan_aware_block_mean():
 @pytest.mark.parametrize("kind,scale,offset", [("log1p", 1.0, 0.0), ("log1p", 2.5, 0.3), ("dbr", 10.0, -10.0),
                                                ("none", 1.0, 0.0)])
 def test_transforms_invert_exactly(kind, scale, offset):
-    tr = decode.make_transform(kind, scale, offset, floor_mm_h=0.1)
+    tr = preprocess.make_transform(kind, scale, offset, floor_mm_h=0.1)
     r = np.array([0.0, 0.05, 0.099, 0.11, 0.5, 1.0, 7.3, 120.0, np.nan], np.float32)
     back = tr.inverse(tr.forward(r))
     assert np.isnan(back[-1]) and np.isnan(tr.forward(r)[-1])
@@ -247,7 +262,7 @@ def test_transforms_invert_exactly(kind, scale, offset):
 
 def test_unknown_transform():
     with pytest.raises(ValueError, match="unknown rain transform 'sqrt'"):
-        decode.make_transform("sqrt")
+        preprocess.make_transform("sqrt")
 
 
 # ---------------------------------------------------------------------------------------
@@ -259,7 +274,7 @@ def test_unknown_transform():
 def fake_ds(tmp_path):
     glob = make_archive(tmp_path, every(T0, 12) + every(T0 + timedelta(days=1), 10))
     importer = FakeImporter()
-    ds = radar.RadarDataset.open(glob, FAKE_PATTERN, importer, 5, 3, 4, crop_size=16, augment=True,
+    ds = radar.RadarDataset.open(glob, FAKE_PATTERN, reader(importer), 5, 3, 4, crop_size=16, augment=True,
                                  cache_dir=str(tmp_path / "cache"), min_valid_fraction=0.0)
     return ds, importer, glob
 
@@ -281,27 +296,45 @@ def test_crops_are_pure_functions_of_seed_and_index(fake_ds):
 
 def test_batch_shapes_masks_and_units(fake_ds):
     ds, _, glob = fake_ds
-    b = ds.train_batch(0, 5, seed=0)
-    assert b["inputs"].shape == (5, 3, 16, 16, 1) and b["targets"].shape == (5, 4, 16, 16, 1)
-    assert b["inputs"].dtype == np.float32 and b["input_mask"].dtype == bool
-    assert b["target_mask"].shape == b["targets"].shape
-    raw = ds.train_batch(0, 5, seed=0, units="mm_h")
+    raw = ds.train_batch(0, 5, seed=0)  # mm/h
+    assert raw["inputs"].shape == (5, 3, 16, 16, 1) and raw["targets"].shape == (5, 4, 16, 16, 1)
+    assert raw["inputs"].dtype == np.float32 and raw["input_mask"].dtype == bool
+    assert raw["target_mask"].shape == raw["targets"].shape
+    contract = _contract("log1p")
+    b = contract.model_batch(raw)
     for k in ("inputs", "targets"):
         m = b[k.rstrip("s") + "_mask"]
-        assert np.isfinite(b[k]).all() and (b[k][~m] == ds.transform.forward(np.zeros(1))[0]).all()
+        assert (raw[k][~m] == 0).all() and np.isfinite(raw[k]).all()
+        assert np.isfinite(b[k]).all() and (b[k][~m] == contract.to_model_units(np.zeros(1))[0]).all()
         np.testing.assert_array_equal(m, raw[k.rstrip("s") + "_mask"])
-        np.testing.assert_allclose(ds.transform.inverse(b[k])[m], raw[k][m], rtol=1e-5)
+        np.testing.assert_allclose(contract.from_model_units(b[k])[m], raw[k][m], rtol=1e-5)
     # the fake domain edge (3 NaN columns) reaches the masks: the full-frame eval batch shows it
-    ev = radar.RadarDataset.open(glob, FAKE_PATTERN, FakeImporter(), 5, 3, 4, cache_dir=ds.cache_dir)
-    full = next(ev.eval_batches("train", 2, units="mm_h"))
-    # unobserved pixels hold 0 mm/h in the output units: for dBR that is the floor code, not 0 (= 1 mm/h)
-    dbr = radar.RadarDataset.open(glob, FAKE_PATTERN, FakeImporter(), 5, 3, 4, cache_dir=ds.cache_dir,
-                                  transform="dbr")
-    fd = next(dbr.eval_batches("train", 2))
-    assert (fd["inputs"][~fd["input_mask"]] == dbr.transform.forward(np.zeros(1))[0]).all()
-    assert dbr.transform.forward(np.zeros(1))[0] < 0
+    ev = radar.RadarDataset.open(glob, FAKE_PATTERN, reader(FakeImporter()), 5, 3, 4, cache_dir=ds.cache_dir)
+    full = next(ev.eval_batches("train", 2, None))  # None: the full frame
+    # unobserved pixels hold 0 mm/h in the model units: for dBR that is the floor code, not 0 (= 1 mm/h)
+    dbr = _contract("dbr")
+    fd = dbr.model_batch(full)
+    assert (fd["inputs"][~fd["input_mask"]] == dbr.to_model_units(np.zeros(1))[0]).all()
+    assert dbr.to_model_units(np.zeros(1))[0] < 0
     assert not full["input_mask"][:, :, :, :3].any() and full["input_mask"][:, :, :, 3:].all()
     np.testing.assert_allclose(full["inputs"][0, 0, 5, 5, 0], 12.0 * (1 + np.sin(0.3 * 5 + 0.2 * 5 + 1200)), rtol=1e-5)
+
+
+def test_grid_is_measured_on_a_training_event(tmp_path):
+    """Event 0 is the test event and on another grid: the grid is the training event's, and the
+    test event is refused when read, not cropped as if it were on the training grid."""
+
+    class TwoGrids(FakeImporter):
+        def __call__(self, path, scale=1.0):
+            self.shape = (24, 40) if Path(path).name.startswith("R20200501") else (32, 40)
+            return super().__call__(path, scale)
+
+    glob = make_archive(tmp_path, every(T0, 8) + every(T0 + timedelta(days=1), 8))
+    importer = TwoGrids()
+    ds = radar.RadarDataset.open(glob, FAKE_PATTERN, reader(importer), 5, 2, 2, test_events=[0])
+    assert ds.frame_shape() == (32, 40) and importer.calls == 8  # only the training event was decoded
+    with pytest.raises(ValueError, match="decodes to 24x40 frames; the training events' grid is 32x40"):
+        next(ds.eval_batches("test", 1, None))
 
 
 def test_augmentation_keeps_inputs_and_targets_aligned():
@@ -323,12 +356,12 @@ def test_rainy_crops_are_preferred(tmp_path):
 
     glob = make_archive(tmp_path, every(T0, 10))
     opts = dict(crop_size=8, max_tries=200, min_valid_fraction=0.5)
-    rainy = radar.RadarDataset.open(glob, FAKE_PATTERN, BlobImporter(), 5, 2, 2, min_rain_fraction=0.5,
+    rainy = radar.RadarDataset.open(glob, FAKE_PATTERN, reader(BlobImporter()), 5, 2, 2, min_rain_fraction=0.5,
                                     test_events=[], **opts)
-    plain = radar.RadarDataset.open(glob, FAKE_PATTERN, BlobImporter(), 5, 2, 2, test_events=[], **opts)
+    plain = radar.RadarDataset.open(glob, FAKE_PATTERN, reader(BlobImporter()), 5, 2, 2, test_events=[], **opts)
     frac = lambda b: float((b["targets"] > 1.0).mean())  # noqa: E731
-    assert frac(rainy.train_batch(0, 16, seed=0, units="mm_h")) >= 0.5
-    assert frac(plain.train_batch(0, 16, seed=0, units="mm_h")) < 0.3
+    assert frac(rainy.train_batch(0, 16, seed=0)) >= 0.5
+    assert frac(plain.train_batch(0, 16, seed=0)) < 0.3
 
 
 def test_cache_hit_does_not_call_importer(fake_ds, tmp_path):
@@ -336,7 +369,7 @@ def test_cache_hit_does_not_call_importer(fake_ds, tmp_path):
     first = ds.event_rain(0)
     calls = importer.calls
     assert calls == 12
-    again = radar.RadarDataset.open(glob, FAKE_PATTERN, importer, 5, 3, 4, cache_dir=ds.cache_dir)
+    again = radar.RadarDataset.open(glob, FAKE_PATTERN, reader(importer), 5, 3, 4, cache_dir=ds.cache_dir)
     np.testing.assert_array_equal(again.event_rain(0), first)
     assert importer.calls == calls  # loaded from <cache_dir>/radar-<key>.npy
     assert len(list(Path(ds.cache_dir).glob("radar-*.npy"))) == 1
@@ -348,7 +381,8 @@ def test_cache_hit_does_not_call_importer(fake_ds, tmp_path):
 
 
 def test_data_module_never_imports_jax():
-    code = "import sys, nowcast_jax.precip.dataset as r; r.RainTransform(); assert 'jax' not in sys.modules"
+    code = ("import sys, nowcast_jax.precip.dataset, nowcast_jax.precip.preprocess as p; p.RainTransform(); "
+            "assert 'jax' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -360,19 +394,18 @@ def test_data_module_never_imports_jax():
 @pytest.mark.data
 def test_real_mch_event_masks_and_batches(radar_dir, tmp_path):
     paths = sorted((radar_dir / "mch" / "20160711").glob("*.gif"))[:16]
-    ds = radar.RadarDataset.open([str(p) for p in paths], MCH_PATTERN, "mch_gif", 5, 5, 10,
-                                 importer_kwargs=MCH_KWARGS, downsample_factor=2, cache_dir=str(tmp_path),
-                                 crop_size=64, eval_crop_size=128, min_rain_fraction=0.05, augment=True,
+    ds = radar.RadarDataset.open([str(p) for p in paths], MCH_PATTERN, reader("mch_gif", MCH_KWARGS, 2), 5, 5, 10,
+                                 cache_dir=str(tmp_path), crop_size=64, min_rain_fraction=0.05, augment=True,
                                  test_events=[])
     assert ds.stats["windows"] == 2 and ds.stats["events"] == ["20160711T2045"]
     rain = ds.event_rain(0)
     assert rain.shape == (16, 320, 355) and rain.dtype == np.float32
     nan_frac = np.isnan(rain).mean()
     assert 0.1 < nan_frac < 0.6  # outside the Swiss radar domain
-    b = next(ds.eval_batches("train", 2, units="mm_h"))
+    b = next(ds.eval_batches("train", 2, 128))
     crop = rain[:, 96:224, 113:241]
     np.testing.assert_array_equal(b["input_mask"][0, ..., 0], np.isfinite(crop[:5]))
     np.testing.assert_array_equal(b["target_mask"][1, ..., 0], np.isfinite(crop[6:16]))
     t = ds.train_batch(0, 4, seed=0)
     assert t["inputs"].shape == (4, 5, 64, 64, 1) and np.isfinite(t["inputs"]).all()
-    assert (ds.transform.inverse(t["targets"]) >= 0.5).mean() >= 0.05
+    assert (t["targets"] >= 0.5).mean() >= 0.05

@@ -1,4 +1,4 @@
-"""MNIST IDX reader, checksums, locating and the cached download (no network: fake openers
+"""MNIST: the IDX reader (precip.idx), checksums, locating and the cached download (no network: fake openers
 and file:// URLs only)."""
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ import numpy as np
 import pytest
 
 from nowcast_jax.precip import mnist
+from nowcast_jax.precip.idx import IDXFormatError, read_idx, write_idx
 from nowcast_jax.precip.mnist import (
     ChecksumError,
-    IDXFormatError,
     MNISTNotFoundError,
     fetch_mnist,
     load_mnist,
     locate_mnist,
-    read_idx,
     verify_checksum,
-    write_idx,
 )
 
 # From ../shared/data/README.md (kept literal here so the test is independent of the module).
@@ -263,9 +261,9 @@ def test_file_url_with_default_opener(tmp_path, small_files):
 # ---------------------------------------------------------------------------------------
 
 
-def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
+def test_mnist_cache_dir_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert mnist.default_cache_dir() == tmp_path / "nowcast_jax" / "mnist"
+    assert mnist.mnist_cache_dir() == tmp_path / "nowcast_jax" / "mnist"
 
 
 def test_locate_explicit_and_data_root(mnist_dir, monkeypatch, tmp_path):

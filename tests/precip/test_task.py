@@ -1,47 +1,25 @@
-"""The precipitation task on real data (tiny variants): protocol, data, masks, training, scores, CLI."""
+"""The precipitation tasks on real data (tiny variants): one task per source, the engine's
+narrow protocol, data, masks, training steps, extras (the fitted contract)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nowcast_jax.precip import decode
 from nowcast_jax.engine import config as config_lib
 from nowcast_jax.engine import state as engine
+from nowcast_jax.precip import evaluate as precip_evaluate
 from nowcast_jax.precip import task as precip
-from tests.engine_utils import REPO, cli_env, run_cli
+from nowcast_jax.precip.preprocess import RadarContract
+from tests.precip.conftest import MNIST_CFG, RADAR_CFG
 
-MNIST_CFG = str(REPO / "configs" / "precip_moving_mnist.py")
-RADAR_CFG = str(REPO / "configs" / "precip_radar.py")
-PROTOCOL = ("init_params", "loss_fn", "train_batch", "eval_batches", "evaluate", "state_extras", "load_extras")
-
-
-@pytest.fixture(scope="module")
-def radar_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("radar_cache")
-
-
-def radar_config(radar_dir, cache, **overrides):
-    c = config_lib.load_config(RADAR_CFG + ":tiny")
-    c.data.files = str(radar_dir / "mch" / "*" / "*.gif")
-    c.data.cache_dir = str(cache)
-    return config_lib.apply_overrides(c, [f"{k}={v}" for k, v in overrides.items()])
-
-
-@pytest.fixture(scope="module")
-def radar_task(radar_dir, radar_cache):
-    return precip.make_task(radar_config(radar_dir, radar_cache))
-
-
-@pytest.fixture(scope="module")
-def mnist_task(mnist_dir):
-    c = config_lib.load_config(MNIST_CFG + ":tiny")
-    c.data.mnist_path = str(mnist_dir)
-    return precip.make_task(c)
+PROTOCOL = ("init_params", "loss_fn", "train_batch", "eval_batches", "state_extras", "load_extras")
 
 
 @pytest.mark.parametrize("spec", [MNIST_CFG, RADAR_CFG])
@@ -59,10 +37,21 @@ def test_fclstm_variant_and_unknown_variant():
 
 
 def test_protocol(radar_task, mnist_task):
+    """Each source has its own narrow task; evaluation and export are the application's functions."""
+    assert isinstance(radar_task, precip.RadarTask) and isinstance(mnist_task, precip.MovingMNISTTask)
     for task in (radar_task, mnist_task):
-        assert task.name == "precip"
         assert all(callable(getattr(task, m)) for m in PROTOCOL)
-        assert json.loads(json.dumps(task.state_extras()))["source"] == task.source_name
+        assert callable(task.raw_forecast)
+        assert not any(hasattr(task, m) for m in ("evaluate", "export_spec", "predict", "source_name"))
+        assert json.loads(json.dumps(task.state_extras())) == task.state_extras()
+    assert mnist_task.state_extras() == {"source": "moving_mnist"}
+    extras = radar_task.state_extras()
+    assert extras["source"] == "radar" and RadarContract.from_dict(extras["preprocess"]) == radar_task.contract
+
+
+def test_unknown_source_is_a_config_error(radar_config):
+    with pytest.raises(config_lib.ConfigError, match="config.data.source must be one of"):
+        precip.make_task(config_lib.apply_overrides(radar_config(), ["data.source=satellite"]))
 
 
 def test_train_batch_deterministic(radar_task, mnist_task):
@@ -112,106 +101,63 @@ def test_engine_steps_reduce_loss_moving_mnist(mnist_task):
     assert np.isfinite(float(m["bce_per_sequence"]))
 
 
-def _independent_csi(batches, threshold):
-    """CSI of persistence per lead from raw mm/h batches (numpy only)."""
-    hits = misses = fa = 0
-    for b in batches:
-        last = b["inputs"][:, -1:]
-        valid = b["target_mask"] & b["input_mask"][:, -1:]
-        f, o = (last >= threshold) & valid, (b["targets"] >= threshold) & valid
-        hits = hits + (f & o).sum(axis=(0, 2, 3, 4))
-        misses = misses + (~f & o & valid).sum(axis=(0, 2, 3, 4))
-        fa = fa + (f & ~o).sum(axis=(0, 2, 3, 4))
-    return hits / (hits + misses + fa)
+def test_load_extras_adopts_the_transform_and_keeps_the_config_reading(radar_config):
+    """The checkpoint's rain transform is adopted; reading, grid and crop follow the config and the data."""
+    task = precip.make_task(radar_config(**{"data.eval_crop_size": (48, 64)}))
+    fitted = task.contract
+    assert fitted.grid == task.dataset.frame_shape() == (80, 88) and fitted.eval_crop == (48, 64)
+    extras = json.loads(json.dumps(task.state_extras()))
+    stored = {**extras["preprocess"], "transform": {**extras["preprocess"]["transform"], "scale": 2.0},
+              "eval_crop": [16, 16], "grid": [40, 44], "fn_pattern": "other%Y%m%d%H%M", "importer": "bom_rf3",
+              "importer_kwargs": {"product": "x"}, "zr_a": 200.0, "zr_b": 1.6}
+    task.load_extras({**extras, "preprocess": stored})
+    assert task.contract.transform.scale == 2.0  # the checkpoint's transform is the one the weights know
+    assert task.contract == dataclasses.replace(fitted, transform=task.contract.transform)  # the rest: the config's
+    batch = next(task.eval_batches("test", 1))
+    raw = next(task.eval_windows("test", 1))
+    np.testing.assert_allclose(batch["inputs"], np.log1p(raw["inputs"]) / 2.0, rtol=1e-6)
+    # checkpoints written before the contract existed hold only the transform
+    task.load_extras({"source": "radar", "transform": {**extras["preprocess"]["transform"], "scale": 3.0}})
+    assert task.contract.transform.scale == 3.0 and task.contract.grid == fitted.grid
+    task.load_extras(extras)
+    assert task.contract == fitted
 
 
-def test_evaluate_radar(radar_task, tmp_path):
-    params = radar_task.init_params(jax.random.key(1))
-    res = radar_task.evaluate(params, "test", out_dir=tmp_path)
-    assert {"model", "persistence", "optical_flow"} <= set(res) and res["windows"] == 3
-    for name in ("model", "persistence", "optical_flow"):
-        for key in ("csi_0.5", "pod_0.5", "far_0.5", "csi_2.0", "pod_2.0", "far_2.0", "corr", "mse", "mae"):
-            assert len(res[name][key]) == 10, (name, key)
-            assert np.isfinite(res[name][key]).all(), (name, key)
-    batches = list(radar_task.source.eval_batches("test", 3, 3, units="mm_h"))
-    np.testing.assert_allclose(res["persistence"]["csi_0.5"], _independent_csi(batches, 0.5), rtol=1e-9)
-    np.testing.assert_allclose(res["persistence"]["csi_2.0"], _independent_csi(batches, 2.0), rtol=1e-9)
-    assert (tmp_path / "precip_radar_test.png").stat().st_size > 1000
+@pytest.mark.parametrize("field,value,key", [("downsample_factor", 4, "data.downsample"),
+                                             ("timestep_minutes", 10.0, "data.timestep_minutes"),
+                                             ("input_steps", 4, "data.input_frames"),
+                                             ("output_steps", 12, "data.output_frames")])
+def test_load_extras_refuses_what_changes_the_weights_meaning(radar_task, field, value, key):
+    extras = json.loads(json.dumps(radar_task.state_extras()))
+    now = getattr(radar_task.contract, field)
+    with pytest.raises(config_lib.ConfigError, match=f"{key} is {now!r} but the checkpoint was trained with {value!r}"):
+        radar_task.load_extras({**extras, "preprocess": {**extras["preprocess"], field: value}})
 
 
-def test_evaluate_moving_mnist(mnist_task, tmp_path):
-    params = mnist_task.init_params(jax.random.key(2))
-    res = mnist_task.evaluate(params, "test", out_dir=tmp_path)
-    assert res["sequences"] == 4 and len(res["model"]["mse"]) == 10
-    assert np.isfinite(res["model"]["bce_per_sequence"]) and np.isfinite(res["model"]["mse"]).all()
-    batch = next(mnist_task.source.eval_batches("test", 4))
-    p = np.clip(batch["inputs"][:, -1:], 1e-3, 1 - 1e-3)
-    y = batch["targets"]
-    ce = -(y * np.log(p) + (1 - y) * np.log1p(-p)).sum(axis=(1, 2, 3, 4)).mean()
-    np.testing.assert_allclose(res["persistence"]["bce_per_sequence"], ce, rtol=1e-4)
-    np.testing.assert_allclose(res["persistence"]["mse"], ((p - y) ** 2).mean(axis=(0, 2, 3, 4)), rtol=1e-4, atol=1e-6)
-    assert (tmp_path / "precip_moving_mnist_test.png").is_file()
+def test_restore_on_another_archive_and_grid_is_evaluated(radar_config, cropped_radar, tmp_path):
+    """``nowcast-jax evaluate --config.data.files=<another archive>`` on another grid: the task of the
+    overridden config adopts the checkpoint's transform and is scored on the new grid."""
+    trained = precip.make_task(radar_config(**{"data.transform_scale": 2.0}))
+    extras = json.loads(json.dumps(trained.state_extras()))
+    params = trained.init_params(jax.random.key(0))
+    other = radar_config(**{"data.files": cropped_radar, "data.eval_crop_size": (40, 44),
+                            "data.cache_dir": str(tmp_path)})
+    task = precip.make_task(other)  # what workdir.restore does: make_task(stored config + overrides) ...
+    task.load_extras(extras)  # ... then the checkpoint's extras
+    assert task.contract.grid == (40, 45) != trained.contract.grid and task.contract.eval_crop == (40, 44)
+    assert task.contract.transform == trained.contract.transform and task.contract.transform.scale == 2.0
+    res = precip_evaluate.evaluate(SimpleNamespace(config=other, task=task, step=0, params=params), "test")
+    assert res["windows"] == 3 and np.isfinite(res["model"]["mse"]).all()
+    assert next(task.eval_windows("test", 1))["inputs"].shape == (1, 5, 40, 44, 1)
+    # a checkpoint trained at another downsampling cannot be read on this one
+    with pytest.raises(config_lib.ConfigError, match="data.downsample is 8 but the checkpoint was trained with 4"):
+        task.load_extras({**extras, "preprocess": {**extras["preprocess"], "downsample_factor": 4}})
 
 
-def test_load_extras_restores_transform(radar_task):
-    extras = radar_task.state_extras()
-    radar_task.load_extras({"transform": {**extras["transform"], "scale": 2.0}})
-    assert radar_task.source.transform.scale == 2.0
-    radar_task.load_extras(extras)
-    assert radar_task.source.transform.scale == 1.0
-
-
-def test_bad_config_errors(radar_dir, radar_cache):
+def test_bad_config_errors(radar_config):
     with pytest.raises(ValueError, match="horizon_weights"):
-        precip.make_task(radar_config(radar_dir, radar_cache, **{"loss.horizon_weights": (1.0, 2.0)}))
+        precip.make_task(radar_config(**{"loss.horizon_weights": (1.0, 2.0)}))
     with pytest.raises(ValueError, match="loss.name"):
-        precip.make_task(radar_config(radar_dir, radar_cache, **{"loss.name": "huber"}))
+        precip.make_task(radar_config(**{"loss.name": "huber"}))
 
 
-def test_cli_radar_tiny_end_to_end(radar_dir, radar_cache, tmp_path):
-    work = tmp_path / "run"
-    files = f"--config.data.files={radar_dir / 'mch' / '*' / '*.gif'}"
-    cache = f"--config.data.cache_dir={radar_cache}"
-    env = cli_env()
-    r = run_cli("train", "--config", RADAR_CFG + ":tiny", "--workdir", work, files, cache, env=env, timeout=180)
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = run_cli("evaluate", "--workdir", work, f"--config.eval.out_dir={work / 'eval'}", env=env, timeout=180)
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((work / "eval" / "metrics.json").read_text())
-    for name in ("model", "persistence", "optical_flow"):
-        assert len(res[name]["csi_0.5"]) == 10
-    assert (work / "eval" / "precip_radar_test.png").stat().st_size > 1000
-    assert "csi_0.5" in r.stdout
-
-
-@pytest.mark.parametrize("kind", ["log1p", "dbr", "none"])
-def test_rain_transform_jax_equals_numpy(kind):
-    """The transform baked into exported forecasters (jax) is the data pipeline's (numpy)."""
-    import jax.numpy as jnp
-
-
-    t = decode.make_transform(kind, scale=2.0, offset=0.5)
-    rain = np.array([0.0, 0.05, 0.1, 0.3, 2.0, 45.0, np.nan], np.float32)
-    np.testing.assert_allclose(np.asarray(t.forward(rain, jnp)), t.forward(rain), rtol=1e-5, equal_nan=True)
-    z = t.forward(rain)
-    np.testing.assert_allclose(np.asarray(t.inverse(z, jnp)), t.inverse(z), rtol=1e-4, atol=1e-6, equal_nan=True)
-
-
-def test_exported_radar_forecaster_matches_task(radar_task, tmp_path):
-    """Artifact: mm/h in, mm/h out, equal to the task's own forecast pushed through the transform."""
-    pytest.importorskip("flatbuffers")
-    import jax
-
-    from nowcast_jax import artifact
-    from nowcast_jax.engine import export
-
-    params = radar_task.init_params(jax.random.PRNGKey(0))
-    path = export.export_task(radar_task, params, tmp_path / "radar.jaxexport")
-    forecast, sidecar = artifact.load_artifact(path)
-    assert sidecar["kind"] == "radar" and sidecar["units"] == "mm/h"
-    batch = next(radar_task.eval_batches("test", 2))
-    rain = radar_task.source.transform.inverse(batch["inputs"])
-    got = np.asarray(forecast(rain))
-    want = radar_task.source.transform.inverse(np.asarray(radar_task.predict(params, batch["inputs"])))
-    assert got.shape == want.shape == (len(rain), radar_task.output_frames, *rain.shape[2:])
-    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)

