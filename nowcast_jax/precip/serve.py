@@ -52,10 +52,13 @@ def _radar_export_spec(task, params):
 
     contract = task.contract
 
-    def fn(rain):  # [b, J, h, w, 1] mm/h -> [b, K, h, w, 1] mm/h
+    def fn(rain):  # [b, J, h, w, 1] mm/h -> [b, K, h, w, 1] mm/h, always finite
+        # as the CLI path does: NaN / inf (unobserved) is 0 mm/h, and so is negative rain
+        rain = jnp.where(jnp.isfinite(rain), jnp.maximum(rain, 0.0), 0.0)
         return contract.from_model_units(task.raw_forecast(params, contract.to_model_units(rain, jnp)), jnp)
 
-    sidecar = {"kind": "radar", "units": "mm/h", "input_steps": contract.input_steps,
+    sidecar = {"kind": "radar", "units": "mm/h", "nan_policy": "non-finite or negative input rain is 0 mm/h",
+               "input_steps": contract.input_steps,
                "output_steps": contract.output_steps, "time_step_minutes": contract.timestep_minutes,
                "preprocess": contract.to_dict(),
                "inputs": [{"name": "rain", "units": "mm/h"}], "outputs": [{"name": "rain", "units": "mm/h"}]}

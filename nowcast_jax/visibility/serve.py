@@ -38,9 +38,12 @@ def export_spec(task, params):
     contract, apply = task.contract, task.model.apply
 
     def fn(x):  # [b, T, F] raw -> [b, H] metres: the contract's own input and output stages
-        return contract.to_metres(apply(params, contract.model_inputs(x, jnp))["value"], jnp)
+        metres = contract.to_metres(apply(params, contract.model_inputs(x, jnp))["value"], jnp)
+        complete = jnp.all(jnp.isfinite(x), axis=(1, 2))[:, None]  # [b, 1]: training never saw a gap
+        return jnp.where(complete, metres, jnp.nan)
 
     sidecar = {"kind": "station", "contract": contract.to_dict(), "units": "m",
+               "nan_policy": "a window with any non-finite feature gets NaN at every horizon",
                "time_step_minutes": contract.step_minutes, "horizons_hours": list(contract.horizons_hours),
                "inputs": [{"name": "features", "units": "canonical: degC, hPa, m/s, mm, m; wind_dir_sin/cos; "
                            "derived features as nowcast_jax.visibility.features computes them"}],

@@ -222,3 +222,19 @@ def test_forecast_radar_from_a_folder_with_the_exported_forecaster(radar_task, r
     assert out["forecast_mm_h"].shape == (radar_task.output_frames, *radar_task.contract.eval_crop)
     step = radar_task.contract.timestep_minutes
     assert str(out["valid_times"][0]) == (times[-1] + np.timedelta64(int(step), "m").astype(object)).isoformat()
+
+
+def test_exported_radar_forecaster_treats_bad_pixels_as_the_cli_does(radar_task, tmp_path):
+    """Through load_artifact: a NaN, an inf or a negative pixel is 0 mm/h (not a NaN forecast)."""
+    params = radar_task.init_params(jax.random.PRNGKey(0))
+    path = export.export_task(precip_serve.export_spec, radar_task, params, tmp_path / "radar.jaxexport")
+    forecast, sidecar = artifact.load_artifact(path)
+    assert "0 mm/h" in sidecar["nan_policy"]
+    clean = next(radar_task.eval_windows("test", 1))["inputs"].astype(np.float32)
+    dirty = clean.copy()
+    dirty[0, -1, 3, 4, 0], dirty[0, 0, 5, 6, 0], dirty[0, 1, 7, 8, 0] = np.nan, np.inf, -2.0
+    zeroed = clean.copy()
+    zeroed[0, -1, 3, 4, 0] = zeroed[0, 0, 5, 6, 0] = zeroed[0, 1, 7, 8, 0] = 0.0
+    got = np.asarray(forecast(dirty))
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got, np.asarray(forecast(zeroed)))

@@ -338,3 +338,19 @@ def test_fog18_csv_inputs_compare_the_trained_stations(weather_csv, tmp_path):
     no_names = dataclasses.replace(contract, neighbour_stations=())
     with pytest.raises(ServeError, match="lacks 'neighbour_stations'"):
         visibility_serve.station_inputs(no_names, tmp_path / "cut.csv")
+
+
+def test_exported_station_forecaster_gives_nan_for_an_incomplete_window(task, trained, tmp_path):
+    """Through load_artifact: the documented policy, NaN at every horizon of a window with a
+    non-finite feature, the other windows untouched."""
+    params, _, _ = trained
+    path = export.export_task(visibility_serve.export_spec, task, params, tmp_path / "vis.jaxexport")
+    forecast, sidecar = artifact.load_artifact(path)
+    assert "NaN at every horizon" in sidecar["nan_policy"]
+    raw = task.contract.scaler.inverse_transform(task.split("test").x[:4]).astype(np.float32)
+    clean = np.asarray(forecast(raw))
+    raw[1, -1, 0], raw[2, 0, -1] = np.nan, np.inf
+    got = np.asarray(forecast(raw))
+    assert np.isnan(got[1]).all() and np.isnan(got[2]).all()
+    np.testing.assert_array_equal(got[[0, 3]], clean[[0, 3]])
+    assert np.isfinite(clean).all()
