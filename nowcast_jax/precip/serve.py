@@ -162,16 +162,24 @@ def _read_folder(contract: RadarContract, folder: Path) -> tuple[np.ndarray, lis
     if not contract.importer or not contract.fn_pattern:
         raise ServeError("the forecaster's sidecar has no radar reader settings (radar.importer, "
                          "radar.fn_pattern); give an .npz with rain_mm_h instead")
-    frames = archive.list_frames(str(folder / "*"), contract.fn_pattern)
-    if not frames:
+    regex, _ = archive.fn_pattern_regex(contract.fn_pattern)
+    named = [str(p) for p in sorted(folder.iterdir()) if p.is_file() and regex.match(p.name)]
+    if not named:  # other files (a README, an earlier forecast) are not radar files: left alone
         raise ServeError(f"no file in {folder} matches the pattern {contract.fn_pattern!r}")
-    frames = frames[-contract.input_steps:]
+    try:
+        frames = archive.list_frames(named, contract.fn_pattern)[-contract.input_steps:]
+    except ValueError as err:  # a name with the pattern's shape but no valid date, duplicate times
+        raise ServeError(f"{folder}: {err}") from err
     try:
         rain = contract.read_frames([f.path for f in frames])
     except GridMismatchError as err:  # checked before each file's conversion, so it is not reported as one
         raise ServeError(f"wrong grid: the files in {folder} have different shapes {err.shapes}") from err
-    except ValueError as err:  # unknown units, missing Z-R, unreadable file
+    except ValueError as err:  # unknown units, missing Z-R
         raise ServeError(f"{folder}: cannot convert to rain rate (mm/h): {err}") from err
+    except Exception as err:  # noqa: BLE001 - a radar-named file the importer cannot read
+        raise ServeError(f"cannot read the radar files in {folder} with importer {contract.importer!r} "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+                         "are they complete radar files of that format?") from err
     return rain, [f.time for f in frames]
 
 

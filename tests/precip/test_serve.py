@@ -238,3 +238,30 @@ def test_exported_radar_forecaster_treats_bad_pixels_as_the_cli_does(radar_task,
     got = np.asarray(forecast(dirty))
     assert np.isfinite(got).all()
     np.testing.assert_array_equal(got, np.asarray(forecast(zeroed)))
+
+
+def test_a_folder_with_stray_files_and_a_broken_radar_file(radar_task, radar_dir, tmp_path):
+    """A README and the previous forecast beside the radar files are left alone; a truncated
+    radar-named file is one clear ServeError (it was a raw traceback)."""
+    params = radar_task.init_params(jax.random.PRNGKey(1))
+    fn, specs, sidecar = precip_serve.export_spec(radar_task, params)
+    exported, sidecar = export.build(fn, specs, sidecar)
+    source = sorted(p for p in (radar_dir / "mch").iterdir() if p.is_dir())[0]
+    last = sorted(source.iterdir())[-radar_task.contract.input_steps:]
+    clean, messy = tmp_path / "clean", tmp_path / "messy"
+    for folder in (clean, messy):
+        folder.mkdir()
+        for f in last:
+            (folder / f.name).symlink_to(f)
+    (messy / "README.txt").write_text("radar files of the last hour\n")
+    precip_serve.forecast_radar(exported.call, sidecar, clean, clean / "f.npz", png=True)  # f.npz + f.png
+    for name in ("f.npz", "f.png"):
+        (messy / name).write_bytes((clean / name).read_bytes())
+    precip_serve.forecast_radar(exported.call, sidecar, messy, tmp_path / "g.npz", png=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "g.npz")["forecast_mm_h"],
+                                  np.load(clean / "f.npz")["forecast_mm_h"])
+    broken = messy / last[-1].name
+    broken.unlink()
+    broken.write_bytes(last[-1].read_bytes()[:100])
+    with pytest.raises(ServeError, match=r"cannot read the radar files .* importer 'mch_gif'"):
+        precip_serve.forecast_radar(exported.call, sidecar, messy, tmp_path / "h.npz", png=False)
