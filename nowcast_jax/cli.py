@@ -326,7 +326,7 @@ def _user_error(err: BaseException) -> str | None:
         where = f" ({err.filename})" if err.filename else ""
         return f"cannot write{where}: {err.strerror}; free space or choose a writable --workdir / --out"
     if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
-        return f"{err.filename or err}: {err.strerror or err}"
+        return f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
     return None
 
 

@@ -43,6 +43,8 @@ def _dense_init(key: jax.Array, fan_in: int, fan_out: int, dtype=jnp.float32) ->
 
 
 def _make_cells(kind: str, hidden: Sequence[int], **kw) -> list[cells_lib.Cell]:
+    if not hidden or min(int(f) for f in hidden) < 1:
+        raise ValueError(f"hidden={tuple(hidden)}: give one size >= 1 per layer, e.g. (64, 64)")
     if kind == "convlstm":
         return [cells_lib.conv_lstm(f, kw["kernel_x"], kw["kernel_h"], peepholes=kw["peepholes"],
                                     peephole_shape=kw.get("peephole_shape"), forget_bias=kw["forget_bias"],

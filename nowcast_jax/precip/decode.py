@@ -55,7 +55,8 @@ def get_importer(importer: str | Importer) -> Importer:
     try:
         return pysteps_io.get_method(str(importer), "importer")
     except ValueError as err:
-        raise ValueError(f"unknown importer {importer!r}: {err}") from None
+        known = str(err).strip().splitlines()[-1]  # pysteps: "The available methods are:[...]"
+        raise ValueError(f"unknown importer {importer!r} ({known})") from None
 
 
 def to_rain_rate(

@@ -46,7 +46,7 @@ from nowcast_jax import losses, models
 from nowcast_jax._paths import data_root
 from nowcast_jax.engine.config import ConfigError
 from nowcast_jax.precip.dataset import RadarDataset
-from nowcast_jax.precip.decode import radar_cache_dir
+from nowcast_jax.precip.decode import get_importer, radar_cache_dir
 from nowcast_jax.precip.preprocess import (RadarContract, crop_shape, fit_grid, make_transform, parse_crop_size,
                                            reading_contract)
 
@@ -201,7 +201,13 @@ class RadarTask(_EncoderForecasterTask):
         if config.loss.name not in RADAR_LOSSES:
             raise ValueError(f"loss.name must be one of {sorted(RADAR_LOSSES)} for radar; got {config.loss.name!r}")
         reader = reading_contract(config.data)  # what to read and how; the grid is measured through it
-        self.dataset = open_radar_dataset(config.data, reader)
+        try:
+            get_importer(reader.importer)  # an unknown importer: now, not after "starting at step 0"
+            self.dataset = open_radar_dataset(config.data, reader)
+        except FileNotFoundError as err:
+            raise ConfigError(f"config.data.files: {err}") from None
+        except ValueError as err:  # an unknown importer, fn_pattern or event selector
+            raise ConfigError(f"config.data: {err}") from None
         self.contract: RadarContract = fit_grid(reader, self.dataset.frame_shape(), config.data.eval_crop_size)
         h, w = crop_shape(parse_crop_size(config.data.crop_size), self.contract.grid)
         super().__init__(config, (h, w, 1))

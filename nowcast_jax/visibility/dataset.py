@@ -203,6 +203,8 @@ def build_station_dataset(spec: DataSpec) -> StationDataset:
     labels, split_report = spec.plan.labels(end_times, _time_range(observations), contract.step, gap)
     per_station = np.split(labels, np.cumsum([len(f.end) for f in found])[:-1])
     if contract.scaler is None:
+        if not any((lab == 0).any() for lab in per_station):
+            raise ValueError(_no_training_windows(contract, observations, found))
         contract = dataclasses.replace(contract, scaler=_fit_scaler(contract, matrices, found, per_station))
     splits = {name: _gather_split(contract, observations, matrices, found, per_station, k)
               for k, name in enumerate(SPLITS)}
@@ -212,6 +214,26 @@ def build_station_dataset(spec: DataSpec) -> StationDataset:
 
 def _time_range(observations: StationObservations) -> tuple:
     return (min(s.grid.times[0] for s in observations.stations), max(s.grid.times[-1] for s in observations.stations))
+
+
+def _no_training_windows(contract, observations: StationObservations, found) -> str:
+    """Why no training window is left, in the words of its most likely cause."""
+    need = contract.history_steps + max(contract.horizon_steps)
+    steps = {s.grid.name: len(s.grid.times) for s in observations.stations}
+    seen = {s.grid.name: int(np.isfinite(s.grid.values["visibility"]).sum()) for s in observations.stations}
+    dropped = {k: sum(f.dropped[k] for f in found) for k in found[0].dropped}
+    if max(steps.values()) < need:
+        cause = (f"the file is too short: a window needs {need} consecutive {contract.step} steps "
+                 f"({contract.history_steps} of history + {max(contract.horizon_steps)} ahead), the stations "
+                 f"have {steps}")
+    elif not any(seen.values()):
+        cause = "no row has a valid visibility (check data.columns.visibility, data.units.visibility, data.missing_values)"
+    elif sum(f.end.size for f in found) == 0:
+        cause = (f"every window has a gap or a missing value (windows dropped: {dropped}; visibility observed in "
+                 f"{seen} of {steps} steps; check the time format and zone, data.step and data.max_interp_steps)")
+    else:
+        cause = "windows exist but none falls in the training block (check data.split_dates / data.fractions)"
+    return f"no training windows: {cause}"
 
 
 def _fit_scaler(contract, matrices, found, labels) -> MinMaxScaler:

@@ -133,6 +133,18 @@ def _to_number(raw: pd.Series, csv_column: str) -> np.ndarray:
     return num.to_numpy(dtype=np.float64)
 
 
+def _check_timezone(name: str) -> None:
+    """A ``ValueError`` unless ``name`` is an IANA time zone (checked even when every time in
+    the file carries its own offset, so a typo never waits for the first naive file)."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(str(name))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"timezone={name!r} is not an IANA time zone name (e.g. 'UTC', 'Europe/Zurich', "
+                         "'America/New_York')") from None
+
+
 def read_station_csv(path, *, time_column: str, time_format: str, columns: dict, units: dict,
                      station_column: str = "", stations=(), missing_values=DEFAULT_MISSING,
                      timezone: str = "UTC", valid_ranges: dict | None = None) -> tuple[pd.DataFrame, dict]:
@@ -148,7 +160,10 @@ def read_station_csv(path, *, time_column: str, time_format: str, columns: dict,
     import pandas as pd  # here, not at import: configs import this module's defaults
 
     _check_contract(columns, units)
-    header = list(pd.read_csv(path, nrows=0).columns)
+    try:
+        header = list(pd.read_csv(path, nrows=0).columns)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path} is empty (not even a header row)") from None
     wanted = [time_column] + ([station_column] if station_column else []) + [columns[c] for c in CANONICAL]
     for col in wanted:
         if col not in header:
@@ -213,6 +228,7 @@ class CsvContract:
         set_(self, "columns", _frozen(self.columns))
         set_(self, "units", _frozen({c: self.units.get(c, CANONICAL_UNITS[c]) for c in CANONICAL}))
         set_(self, "stations", tuple(str(s) for s in self.stations or ()))
+        _check_timezone(self.timezone)
         set_(self, "missing_values", tuple(str(m) for m in self.missing_values))
         set_(self, "valid_ranges", _frozen({k: (float(v[0]), float(v[1])) for k, v in ranges.items()}))
         _check_contract(dict(self.columns), dict(self.units))

@@ -59,6 +59,8 @@ MODEL_NAMES = ("lstm", "mlp")
 def build_station_model(model_cfg, horizons: int, aux: bool) -> models.Model:
     """``config.model`` -> ``models.station_lstm`` or ``models.mlp``."""
     name, hidden = str(model_cfg.name), tuple(int(h) for h in model_cfg.hidden)
+    if not hidden or min(hidden) < 1:
+        raise ConfigError(f"model.hidden={hidden}: give one size >= 1 per layer, e.g. (64, 64)")
     if name == "lstm":
         return models.station_lstm(hidden, horizons, aux_logits=aux)
     if name == "mlp":
