@@ -48,7 +48,7 @@ def _import(module_name: str, task_name: str):
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        if err.name and module_name.startswith(err.name):  # the module itself, not one it imports
+        if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):  # it, not its imports
             raise ConfigError(f"config.task={task_name!r}: cannot import {module_name!r} ({err})") from err
         raise
 

@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import hashlib
 import os
+import shutil
 import json
 import sys
 from pathlib import Path
@@ -91,16 +92,33 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args, overrides: list[str]) -> int:
-    config = _resolve_config(args.config, args.workdir, overrides)
-    check_engine_config(config)  # before the task reads any data
-    task = applications.make_task(config)
+    """Check the config, take the workdir's lock, then let the task read its data and train:
+    a second trainer refuses before any data are read, and a mistake found while the task
+    reads its data leaves no workdir behind (when this call made it)."""
+    import contextlib
+
+    import jax
+
+    from nowcast_jax.engine import lock as lock_lib
     from nowcast_jax.engine import loop
 
+    config = _resolve_config(args.config, args.workdir, overrides)
+    check_engine_config(config)
+    made = not args.workdir.exists()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    say = lambda message: print(f"[train] {message}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        result = loop.train(config, args.workdir, task)
+        lead = jax.process_index() == 0  # the one process that locks (and writes logs and configs)
+        with lock_lib.writer_lock(args.workdir, say) if lead else contextlib.nullcontext():
+            task = applications.make_task(config)
+            result = loop.train(config, args.workdir, task, hold_lock=False)
     except loop.NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except BaseException:
+        if made and {p.name for p in args.workdir.iterdir()} <= {lock_lib.LOCK_NAME}:
+            shutil.rmtree(args.workdir, ignore_errors=True)  # nothing but our lock: no half-made workdir
+        raise
     return 0 if result.reason in ("done", "signal", "already_done") else 1
 
 
@@ -115,18 +133,23 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_dir(args, overrides: list[str]) -> Path:
-    """``--out``, else ``WORKDIR/eval``; evaluating other data (``data.*`` overrides) goes to
-    ``WORKDIR/eval_<what changed>`` instead, e.g. ``eval_path-LGA_2014.csv-3f2a9c1e``."""
+    """``--out``, else ``WORKDIR/eval`` for the test split of the best checkpoint; another
+    split, ``--step`` or other data (``data.*`` overrides) get their own folder, so no
+    evaluation overwrites another, e.g. ``WORKDIR/eval_split-val`` or
+    ``WORKDIR/eval_path-LGA_2014.csv-3f2a9c1e``."""
     if args.out is not None:
         return args.out
-    data = sorted(o for o in overrides if o.startswith("data."))
-    if not data:
+    data = [o for o in overrides if o.startswith("data.")]
+    words = ([f"split-{args.split}"] if args.split != "test" else []) + (
+        [f"step-{args.step}"] if args.step is not None else [])
+    for item in data:
+        key, _, value = item[len("data."):].partition("=")
+        words.append(f"{key}-{value.rstrip('/').rsplit('/', 1)[-1]}")  # a path: its file name
+    if not words:
         return args.workdir / "eval"
-    words = [o[len("data."):].replace("=", "-") for o in data]
-    words = [w.rsplit("/", 1)[-1] if "/" in w else w for w in words]  # a path: its file name
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in "_".join(words))[:60]
-    digest = hashlib.sha1("\n".join(data).encode()).hexdigest()[:8]
-    return args.workdir / f"eval_{slug}-{digest}"
+    digest = f"-{hashlib.sha1(chr(10).join(data).encode()).hexdigest()[:8]}" if data else ""
+    return args.workdir / f"eval_{slug}{digest}"
 
 
 def format_table(results: dict) -> str:
@@ -167,11 +190,17 @@ def _engine_scores(run, split: str) -> dict:
 
 
 def _run_evaluate(args, overrides: list[str]) -> int:
+    import jax
+
     app, run = _restore_run(args, overrides)
+    lead = jax.process_index() == 0  # several processes: one writes
     out = _eval_dir(args, overrides)
-    out.mkdir(parents=True, exist_ok=True)
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
     evaluate = app.hook("evaluate")
-    results = evaluate(run, args.split, out_dir=out) if evaluate else _engine_scores(run, args.split)
+    results = evaluate(run, args.split, out_dir=out if lead else None) if evaluate else _engine_scores(run, args.split)
+    if not lead:
+        return 0
     print(f"{args.split} scores of checkpoint step {run.step} ({args.workdir})")
     report = app.hook("format_report")
     print(report(results, run) if report else format_table(results))
@@ -214,7 +243,11 @@ def _task_forecaster(args, overrides: list[str]):
 def _run_export(args, overrides: list[str]) -> int:
     from nowcast_jax.engine import export as export_lib
 
+    import jax
+
     _, step, fn, specs, sidecar = _task_forecaster(args, overrides)
+    if jax.process_index() != 0:
+        return 0  # several processes: one writes the artifact
     try:
         path = export_lib.export_forecaster(fn, specs, sidecar, args.out,
                                             platforms=[p for p in args.platforms.split(",") if p])
@@ -322,9 +355,11 @@ def _user_error(err: BaseException) -> str | None:
     if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in _EXTRAS:
         top = err.name.split(".")[0]
         return f"this needs the optional package {top!r}: pip install 'nowcast-jax[{_EXTRAS[top]}]'"
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
         where = f" ({err.filename})" if err.filename else ""
         return f"cannot write{where}: {err.strerror}; free space or choose a writable --workdir / --out"
+    if isinstance(err, PermissionError):
+        return f"permission denied: {err.filename or err}"
     if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
         return f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
     return None

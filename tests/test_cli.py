@@ -81,6 +81,7 @@ def test_sigkill_during_save_then_resume(tmp_path):
                    f"--config.train.steps={last + 2}", "--config.eval.every_steps=0")
     _assert_ok(proc, "resume after SIGKILL")
     assert f"resuming from step {last}" in proc.stderr
+    assert "took over the lock of a run that is gone" in proc.stderr  # the killed trainer's lock
     complete2, tmp2 = _steps(tmp_path)
     assert tmp2 == [] and complete2[-1] == last + 2
 

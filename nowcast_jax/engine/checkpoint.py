@@ -305,7 +305,34 @@ class CheckpointManager:
         ``target`` is a pytree of arrays or ``jax.ShapeDtypeStruct`` (with ``sharding`` to
         place the result). A step that cannot be read is quarantined and, when ``fallback``,
         the next older step is tried, with a warning; a structural mismatch raises at once.
+        Read-only (a reader beside a live trainer): a step the trainer deleted meanwhile is
+        skipped quietly, and the listing is read again (up to three times) before giving up.
         """
+        for attempt in range(3 if self.read_only and step is None else 1):
+            try:
+                return self._restore_listed(target, step, fallback)
+            except CheckpointCorruptError:
+                if attempt == 2 or not (self.read_only and step is None):
+                    raise
+                self._manager.reload()  # the trainer may have saved newer steps since the listing
+        raise AssertionError("unreachable")
+
+    def restore_best(self, target) -> RestoredCheckpoint:
+        """Restore :meth:`best_step` (the latest when nothing is ranked). Read-only, a best step
+        that a live trainer's retention removed meanwhile is looked up again (up to three times)."""
+        for attempt in range(3 if self.read_only else 1):
+            best = self.best_step()
+            if best is None:
+                raise CheckpointError(f"no checkpoint in {self.directory}")
+            try:
+                return self.restore(target, best)
+            except CheckpointError:
+                if attempt == 2 or not self.read_only or (self.directory / str(best)).exists():
+                    raise
+                self._manager.reload()
+        raise AssertionError("unreachable")
+
+    def _restore_listed(self, target, step: int | None, fallback: bool) -> RestoredCheckpoint:
         steps = self.all_steps()
         if step is not None:
             if step not in steps:
@@ -320,6 +347,9 @@ class CheckpointManager:
             except CheckpointMismatchError:
                 raise
             except Exception as err:  # noqa: BLE001 - any read failure means "corrupt"
+                if self.read_only and not (self.directory / str(s)).exists():
+                    failures.append(f"step {s}: removed by the trainer while it was read")
+                    continue  # retention at work, not damage
                 failures.append(f"step {s}: {type(err).__name__}: {str(err).splitlines()[0][:300]}")
                 where = "left it in place (read-only)" if self.read_only else f"moved it to {self._quarantine(s)}"
                 if not fallback:

@@ -6,6 +6,8 @@ Application configs (``configs/*.py``) start from :func:`default_engine_config` 
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 
@@ -51,18 +53,31 @@ _RULES = (  # (key, test, what a valid value is)
     ("train.log_every_steps", lambda v: v >= 0, ">= 0"),
     ("checkpoint.every_steps", lambda v: v >= 0, ">= 0 (0: only at the end)"),
     ("checkpoint.max_to_keep", lambda v: v >= 1, ">= 1"),
-    ("eval.every_steps", lambda v: v >= 0, ">= 0 (0: no periodic evaluation)"),
-    ("eval.batches", lambda v: v >= 0, ">= 0 (0: every batch)"),
     ("eval.batch_size", lambda v: v >= 0, ">= 0 (0: train.batch_size)"),
-)
+)  # eval.every_steps <= 0 turns periodic evaluation off; eval.batches <= 0 means every batch
+_CHOICES = (("train.optimizer.name", ("adam", "rmsprop")), ("train.schedule.name", ("constant", "cosine")),
+            ("checkpoint.best_mode", ("min", "max")))
+
+
+def _value(config, key: str):
+    node = config
+    for part in key.split("."):
+        if part not in node:
+            return None  # an older config without the key: the engine's default applies
+        node = node[part]
+    return node
 
 
 def check_engine_config(config) -> None:
     """Raise :class:`EngineConfigError` naming the first engine key whose value cannot work;
     called before any data are read or any step runs."""
     for key, ok, valid in _RULES:
-        node = config
-        for part in key.split("."):
-            node = node[part]
-        if isinstance(node, bool) or not isinstance(node, (int, float)) or not ok(node):
-            raise EngineConfigError(f"{key}={node!r}: must be {valid}")
+        value = _value(config, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            raise EngineConfigError(f"{key}={value!r}: must be {valid}")
+    for key, allowed in _CHOICES:
+        value = _value(config, key)
+        if value is not None and value not in allowed:
+            raise EngineConfigError(f"{key} must be {' or '.join(repr(a) for a in allowed)}, got {value!r}")

@@ -5,8 +5,11 @@ before it reads a checkpoint until its last save is written. A second trainer fa
 with :class:`WorkdirLockedError`, naming the holder's host, pid and start time. The kernel
 drops a flock when its process dies, even by SIGKILL, so a lock file left by a killed run
 is stale by construction: the next trainer takes it over and says so. Readers (evaluate,
-export, predict) take no lock and never modify the workdir (see the read-only checkpoint
-manager in :mod:`nowcast_jax.engine.checkpoint`).
+export, predict) take no lock and never touch the checkpoints (see the read-only checkpoint
+manager in :mod:`nowcast_jax.engine.checkpoint`). The CLI takes the lock before the task
+reads its data, so a second ``train`` refuses at once. On a file system without locks
+(some NFS or FUSE mounts) the run goes on with a warning; on shared mounts whose locks are
+local to a host, two hosts are not stopped from training one workdir.
 
 In a multi-host run only process 0 takes the lock (and writes logs and configs); the
 others write checkpoint shards through orbax's multi-process protocol.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
 import socket
@@ -52,6 +56,13 @@ def writer_lock(workdir, say: Callable[[str], None] = print) -> Iterator[Path]:
             raise WorkdirLockedError(
                 f"{workdir} is being trained by {holder} (lock {path}): wait for that run to finish "
                 "(or stop it), or give another --workdir") from None
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            say(f"cannot lock {path} ({err.strerror}: a file system without locks): a second trainer on this "
+                "workdir would not be stopped")
+            yield path
+            return
         previous = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
         if previous:
             say(f"took over the lock of a run that is gone ({_holder(previous)})")
@@ -60,7 +71,9 @@ def writer_lock(workdir, say: Callable[[str], None] = print) -> Iterator[Path]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         os.fsync(fd)
-        yield path
-        os.ftruncate(fd, 0)  # a clean exit leaves an empty (free) lock file
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)  # released, also after an error: an empty file is a free lock
     finally:
         os.close(fd)  # closing releases the flock

@@ -304,19 +304,23 @@ def _due(step: int, every: int, total: int) -> bool:
     return step == total or (every > 0 and step % every == 0)
 
 
-def train(config, workdir, task, *, mesh=None, stream=None) -> TrainResult:
-    """Train ``task`` for ``config.train.steps`` steps in ``workdir`` (resuming if possible)."""
+def train(config, workdir, task, *, mesh=None, stream=None, hold_lock: bool = True) -> TrainResult:
+    """Train ``task`` for ``config.train.steps`` steps in ``workdir`` (resuming if possible).
+
+    ``hold_lock``: take the workdir's writer lock (:mod:`nowcast_jax.engine.lock`) for the
+    run; False when the caller holds it already (the CLI takes it before the task reads data).
+    """
     check_engine_config(config)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     mesh = mesh or state_lib.make_mesh()
     total, bs = int(config.train.steps), int(config.train.batch_size)
     if bs <= 0 or bs % mesh.devices.size:
         raise EngineConfigError(f"train.batch_size={bs} must be a positive multiple of the number of devices ({mesh.devices.size})")
     tx, schedule = state_lib.optimizer_from_config(config.train)
     _check_best_metric(config, task, state_lib.abstract_state(task, tx, config.seed, mesh))
+    workdir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused config makes no workdir
     lead = jax.process_index() == 0  # the one process that locks and writes logs and configs
-    with lock_lib.writer_lock(workdir, _say) if lead else contextlib.nullcontext():
+    with lock_lib.writer_lock(workdir, _say) if lead and hold_lock else contextlib.nullcontext():
         manager = open_checkpoints(config, workdir)
         try:
             state, start = _start_state(config, task, tx, mesh, manager)

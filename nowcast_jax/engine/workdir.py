@@ -46,17 +46,16 @@ def restore_params(config, workdir, task, step: int | None = None) -> tuple[int,
     from nowcast_jax.engine import loop
     from nowcast_jax.engine import state as state_lib
 
+    if not (Path(workdir) / "checkpoints").is_dir():
+        raise WorkdirError(f"no checkpoint in {Path(workdir) / 'checkpoints'}: has {workdir} been trained?")
     mesh = state_lib.make_mesh()
     tx, _ = state_lib.optimizer_from_config(config.train)
     manager = loop.open_checkpoints(config, Path(workdir), read_only=True)  # a trainer may be writing
     try:
-        if step is None:
-            step = manager.best_step()
-        if step is None:
-            step = manager.latest_step()
-        if step is None:
+        if manager.latest_step() is None:
             raise WorkdirError(f"no checkpoint in {manager.directory}")
-        restored = manager.restore(state_lib.abstract_state(task, tx, config.seed, mesh), step)
+        target = state_lib.abstract_state(task, tx, config.seed, mesh)
+        restored = manager.restore_best(target) if step is None else manager.restore(target, step)
     finally:
         manager.close()
     task.load_extras(restored.extras)

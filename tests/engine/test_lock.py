@@ -45,10 +45,11 @@ def _wait_for(predicate, timeout=90.0):
 
 
 def test_live_trainer_survives_readers_and_refuses_a_second_trainer(tmp_path):
-    """Evaluate and export a run while it saves every step; a second train refuses at once;
-    the first run ends cleanly with all its files its own."""
+    """Evaluate (twice) and export a run while it saves every step; a second train refuses at
+    once; the first run ends cleanly with all its files its own."""
     args = ("train", "--config", TOY + ":long", "--workdir", tmp_path, "--config.checkpoint.every_steps=1",
-            "--config.eval.every_steps=0", "--config.train.log_every_steps=1")
+            "--config.eval.every_steps=0", "--config.train.log_every_steps=1",
+            "--config.task=tests.engine.test_export:make_exportable_toy")  # the toy with an export hook
     trainer = start_cli(*args)
     try:
         assert _wait_for(lambda: len(train_log(tmp_path)) >= 3), "the trainer did not start"
@@ -56,13 +57,13 @@ def test_live_trainer_survives_readers_and_refuses_a_second_trainer(tmp_path):
         assert second.returncode == 2, second.stderr
         assert f"is being trained by pid {trainer.pid}" in second.stderr
         assert second.stderr.count("\n") == 1  # one error line, no traceback
-        reads = 0
-        for _ in range(3):  # readers while the trainer writes a checkpoint per step
-            proc = run_cli("evaluate", "--workdir", tmp_path)
+        readers = [("evaluate", "--workdir", tmp_path), ("export", "--workdir", tmp_path, "--out", tmp_path / "x.jaxexport"),
+                   ("evaluate", "--workdir", tmp_path, "--split", "val")]
+        for reader in readers:  # readers while the trainer writes a checkpoint per step
+            proc = run_cli(*reader)
             assert proc.returncode == 0, proc.stderr
             assert trainer.poll() is None, trainer.stderr.read()
-            reads += 1
-        assert reads == 3
+        assert not (Path(tmp_path) / "checkpoints_quarantine").exists()  # readers moved nothing
     finally:
         trainer.send_signal(signal.SIGTERM)
         out, err = trainer.communicate(timeout=120)
