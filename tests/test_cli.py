@@ -233,6 +233,10 @@ def _station_cases(tmp_path, weather_csv):
         "no visibility": ([csv("nan.csv", jfk.assign(visib=float("nan")))], "no row has a valid visibility"),
         "five hours": ([csv("short.csv", jfk.head(5))], "the file is too short"),
         "no layers": ([good, "--config.model.hidden=()"], "model.hidden=()"),
+        "two time formats": ([csv("mixed.csv", jfk.assign(time_hour=jfk.time_hour.where(
+            jfk.index % 2 == 0, pd.to_datetime(jfk.time_hour).dt.strftime("%d/%m/%Y %H:%M"))))],
+            "do not match time_format"),
+        "miles read as km": ([good, "--config.data.units.visibility=km"], "far below data.visibility_cap_m"),
         "no horizons": ([good, "--config.data.horizons_hours=()"], "horizons"),
     }
 

@@ -193,6 +193,8 @@ def build_station_dataset(spec: DataSpec) -> StationDataset:
     fitted where it is not yet (cap, neighbour stations, scaler), else used as it is."""
     contract = spec.contract
     observations = contract.read_stations(resolve_path(spec.path))
+    if contract.scaler is None:
+        _check_cap_is_plausible(contract, observations, spec.path)
     contract = contract.fitted_to(observations)
     matrices, feature_report = contract.feature_matrices(observations)
     found = [window_lib.find_station_windows(m, s.grid.values["visibility"], s.grid.observed,
@@ -214,6 +216,21 @@ def build_station_dataset(spec: DataSpec) -> StationDataset:
 
 def _time_range(observations: StationObservations) -> tuple:
     return (min(s.grid.times[0] for s in observations.stations), max(s.grid.times[-1] for s in observations.stations))
+
+
+def _check_cap_is_plausible(contract, observations: StationObservations, path) -> None:
+    """Training data that never come near a declared cap are in other units than declared
+    (miles read as km reach 62 % of the cap): refuse instead of calling every window hazy."""
+    if not contract.visibility_cap_m:
+        return
+    seen = [v[np.isfinite(v)] for v in (s.grid.values["visibility"] for s in observations.stations)]
+    if not any(v.size for v in seen):
+        return  # no visibility at all: the "no training windows" message says so
+    top = max(float(v.max()) for v in seen if v.size)
+    if top < 0.7 * float(contract.visibility_cap_m):
+        raise ValueError(f"the largest visibility in {path or 'the data'} is {top:.0f} m, far below "
+                         f"data.visibility_cap_m={contract.visibility_cap_m:.0f} m: is data.units.visibility "
+                         f"({contract.csv.units['visibility']!r}) right, and the cap?")
 
 
 def _no_training_windows(contract, observations: StationObservations, found) -> str:

@@ -16,6 +16,8 @@ or are ambiguous at DST changes are dropped and counted. Grid times are UTC
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -107,6 +109,17 @@ def _check_contract(columns: dict, units: dict) -> None:
         convert_units(np.zeros(0), name, units.get(name, CANONICAL_UNITS[name]))
 
 
+MAX_BAD_TIME_SHARE = 0.01  # more unparseable times than this is a format problem, not stray lines
+
+
+def _duplicate_conflicts(table: pd.DataFrame) -> int:
+    """Rows that share a station and time with an earlier row but differ from it (NaN-aware)."""
+    values = table[["station", "time", *CANONICAL]].fillna(-9.999e99)
+    same_key = values.duplicated(["station", "time"], keep="first")
+    same_row = values.duplicated(keep="first")
+    return int((same_key & ~same_row).sum())
+
+
 def _parse_times(raw: pd.Series, time_format: str, timezone: str) -> pd.Series:
     """Strings -> tz-aware UTC times (NaT where unparseable or non-existent locally)."""
     import pandas as pd
@@ -115,6 +128,10 @@ def _parse_times(raw: pd.Series, time_format: str, timezone: str) -> pd.Series:
     if times.notna().sum() == 0 and len(raw):
         raise ValueError(f"no time could be parsed with time_format={time_format!r}; "
                          f"first value: {raw.iloc[0]!r}")
+    failed = times.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+    if failed.sum() > MAX_BAD_TIME_SHARE * len(raw):  # not a stray line: another format in the file
+        raise ValueError(f"{int(failed.sum())} of {len(raw)} times do not match time_format={time_format!r} "
+                         f"(e.g. {raw[failed].iloc[0]!r}); fix those rows or the format")
     if times.dt.tz is None:
         times = times.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
     return times.dt.tz_convert("UTC")
@@ -192,8 +209,12 @@ def read_station_csv(path, *, time_column: str, time_format: str, columns: dict,
         table[name] = np.where(bad, np.nan, values)
     bad_time = table["time"].isna().to_numpy()
     table = table[~bad_time].sort_values(["station", "time"], kind="stable").reset_index(drop=True)
+    conflicts = _duplicate_conflicts(table)
+    if conflicts:  # the grid keeps the last observation of each step: say that it chose
+        warnings.warn(f"{path}: {conflicts} rows repeat a station and time of another row with other values; "
+                      "the grid uses the last of each", stacklevel=2)
     return table, {"rows": int(len(table)), "rows_bad_time": int(bad_time.sum()),
-                   "out_of_range": out_of_range}
+                   "conflicting_duplicates": conflicts, "out_of_range": out_of_range}
 
 
 # --------------------------------------------------------------------------- the contract

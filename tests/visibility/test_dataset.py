@@ -102,6 +102,33 @@ def test_unlisted_marker_is_an_error(tmp_path):
         _load(path)
 
 
+def test_conflicting_duplicate_times_are_counted_and_said(tmp_path):
+    """Two rows of one station and time with other values: the grid keeps the last, and the
+    reader says so (an exact repeat is not a conflict)."""
+    df = _frame(40)
+    twin, same = df.iloc[[5]].assign(t_f=99.0), df.iloc[[9]]
+    path = _write(tmp_path, pd.concat([df, twin, same], ignore_index=True))
+    args = dict(time_column="when", time_format="%d/%m/%Y %H:%M", station_column="stn", columns=COLUMNS,
+                units=UNITS)
+    with pytest.warns(UserWarning, match="1 rows repeat a station and time of another row with other values"):
+        _, report = read_station_csv(path, **args)
+    assert report["conflicting_duplicates"] == 1
+
+
+def test_a_second_time_format_in_the_file_is_an_error(tmp_path):
+    df = _frame(40)
+    df.loc[df.index % 2 == 1, "when"] = pd.to_datetime(df.when[df.index % 2 == 1], format="%d/%m/%Y %H:%M").dt.strftime(
+        "%Y-%m-%dT%H:%M")
+    with pytest.raises(ValueError, match=r"20 of 40 times do not match time_format='%d/%m/%Y %H:%M'"):
+        _load(_write(tmp_path, df))
+
+
+def test_a_cap_the_data_never_approach_is_a_units_error(tmp_path):
+    df = _frame(200).assign(vis_km=lambda d: d.vis_km * 0.621371)  # miles written as km
+    with pytest.raises(ValueError, match=r"largest visibility .* is 6214 m, far below data.visibility_cap_m=10000"):
+        _load(_write(tmp_path, df))
+
+
 def test_missing_column_is_named_with_available(tmp_path):
     path = _write(tmp_path, _frame(3))
     with pytest.raises(ValueError, match=r"'visby'.*available columns.*vis_km"):
