@@ -15,6 +15,7 @@ list of ``"KEY=VALUE"`` strings. This is the only module that parses flags.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -91,14 +92,33 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, type=Path)
 
 
+@contextlib.contextmanager
+def _run_lock(workdir: Path, say):
+    """The workdir's writer lock for this run: process 0 takes it (and writes the logs); the
+    others learn from process 0 whether it got it, so a refused multi-host run stops everywhere."""
+    import jax
+
+    from nowcast_jax.engine import distributed
+    from nowcast_jax.engine import lock as lock_lib
+
+    with contextlib.ExitStack() as stack:
+        got = True
+        if jax.process_index() == 0:
+            try:
+                stack.enter_context(lock_lib.writer_lock(workdir, say))
+            except WorkdirLockedError:
+                distributed.process_zero_says(False)
+                raise
+        got = distributed.process_zero_says(got)
+        if not got:
+            raise WorkdirLockedError(f"{workdir} is being trained by another run (process 0 found its lock)")
+        yield
+
+
 def _run_train(args, overrides: list[str]) -> int:
     """Check the config, take the workdir's lock, then let the task read its data and train:
     a second trainer refuses before any data are read, and a mistake found while the task
     reads its data leaves no workdir behind (when this call made it)."""
-    import contextlib
-
-    import jax
-
     from nowcast_jax.engine import lock as lock_lib
     from nowcast_jax.engine import loop
 
@@ -108,8 +128,7 @@ def _run_train(args, overrides: list[str]) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     say = lambda message: print(f"[train] {message}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        lead = jax.process_index() == 0  # the one process that locks (and writes logs and configs)
-        with lock_lib.writer_lock(args.workdir, say) if lead else contextlib.nullcontext():
+        with _run_lock(args.workdir, say):
             task = applications.make_task(config)
             result = loop.train(config, args.workdir, task, hold_lock=False)
     except loop.NonFiniteError as err:

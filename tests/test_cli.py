@@ -128,6 +128,11 @@ def test_evaluate_restores_best_and_writes_metrics(straight):
     assert len(other) == 1 and (other[0] / "metrics.json").is_file()
     _assert_ok(run_cli("evaluate", "--workdir", straight, "--out", straight / "mine"), "evaluate --out")
     assert (straight / "mine" / "metrics.json").is_file()
+    # a train.* override is irrelevant to a read (another optimizer's state would not fit the
+    # checkpoint: the stored one restores it), and a reader's open is quiet
+    other = run_cli("evaluate", "--workdir", straight, "--out", straight / "rms", "--config.train.optimizer.name=rmsprop")
+    _assert_ok(other, "evaluate with a train.* override")
+    assert "WARNING:absl" not in proc.stderr + other.stderr
     bad = run_cli("evaluate", "--workdir", straight, "--config.data.eval_sise=8")
     assert bad.returncode == 2 and "data.eval_sise" in bad.stderr and "data.eval_size" in bad.stderr
 

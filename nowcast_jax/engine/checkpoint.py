@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
 import sys
 import time
@@ -131,6 +132,17 @@ def _metadata_signature(meta_tree) -> dict:
     return {_keystr(p): (tuple(int(d) for d in m.shape), str(np.dtype(m.dtype))) for p, m in flat}
 
 
+class _DropMessage(logging.Filter):
+    """Drops log records that start with ``prefix`` (an expected orbax notice)."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.prefix)
+
+
 class CheckpointManager:
     """Latest-N plus best-by-metric checkpoints of a train state and its JSON companions.
 
@@ -177,6 +189,7 @@ class CheckpointManager:
         # best_fn is set only so that orbax writes the metrics into each step (it does so
         # when it "tracks best"); which steps survive is decided by preservation_policy.
         options = ocp.CheckpointManagerOptions(
+            **({"save_interval_steps": 0} if self.read_only else {}),  # what orbax sets (and warns about)
             preservation_policy=self._policy(),
             best_fn=(lambda m: float(m[self.best_metric])) if self.best_metric else None,
             best_mode=self.best_mode,
@@ -185,10 +198,15 @@ class CheckpointManager:
             read_only=self.read_only,
             enable_async_checkpointing=self._async and not self.read_only,
         )
-        manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=(STATE, META),
-            item_handlers={STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler()},
-        )
+        quiet = _DropMessage("Given directory is read only")  # the reader asked for exactly that
+        logging.getLogger("absl").addFilter(quiet)
+        try:
+            manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=(STATE, META),
+                item_handlers={STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler()},
+            )
+        finally:
+            logging.getLogger("absl").removeFilter(quiet)
         # Orbax deletes leftover tmp directories in a background thread; wait for it so
         # that nothing below (listing, restoring, quarantining) races with it.
         wait_cleanup = getattr(manager, "_maybe_await_cleanup_tmp_directory", None)

@@ -111,3 +111,15 @@ def initialize(environ: Mapping[str, str] = os.environ) -> bool:
             f"start every process with the same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, a distinct "
             f"JAX_PROCESS_ID, and check that process 0 is reachable (or raise {TIMEOUT})") from None
     return True
+
+
+def process_zero_says(value: bool) -> bool:
+    """Process 0's ``value`` in every process of the run (itself in a single process)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return bool(value)
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(bool(value))))

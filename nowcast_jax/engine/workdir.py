@@ -40,16 +40,18 @@ def stored_config(workdir) -> config_lib.ConfigDict:
     return config_lib.from_json(path.read_text(encoding="utf-8"))
 
 
-def restore_params(config, workdir, task, step: int | None = None) -> tuple[int, Any]:
+def restore_params(config, workdir, task, step: int | None = None, train_config=None) -> tuple[int, Any]:
     """(step, params) of the best checkpoint (the latest when none was scored, or ``step``);
-    the task's extras (e.g. its fitted preprocessing contract) are loaded from that checkpoint."""
+    the task's extras (e.g. its fitted preprocessing contract) are loaded from that checkpoint.
+    The optimizer state is restored as ``train_config`` (default ``config.train``) shapes it:
+    :func:`restore` passes the stored config's, so a ``train.*`` override cannot break a read."""
     from nowcast_jax.engine import loop
     from nowcast_jax.engine import state as state_lib
 
     if not (Path(workdir) / "checkpoints").is_dir():
         raise WorkdirError(f"no checkpoint in {Path(workdir) / 'checkpoints'}: has {workdir} been trained?")
     mesh = state_lib.make_mesh()
-    tx, _ = state_lib.optimizer_from_config(config.train)
+    tx, _ = state_lib.optimizer_from_config(train_config if train_config is not None else config.train)
     manager = loop.open_checkpoints(config, Path(workdir), read_only=True)  # a trainer may be writing
     try:
         if manager.latest_step() is None:
@@ -66,7 +68,8 @@ def restore(workdir, make_task: Callable[[Any], Any], step: int | None = None,
             overrides: Sequence[str] = ()) -> RestoredRun:
     """Config (stored, plus ``overrides`` like ``"eval.split=val"``), ``make_task(config)`` and
     the best (or ``step``) checkpoint of ``workdir``."""
-    config = config_lib.apply_overrides(stored_config(workdir), list(overrides))
+    stored = stored_config(workdir)
+    config = config_lib.apply_overrides(config_lib.copy_config(stored), list(overrides))
     task = make_task(config)
-    step, params = restore_params(config, workdir, task, step)
+    step, params = restore_params(config, workdir, task, step, train_config=stored.train)
     return RestoredRun(config, task, step, params)

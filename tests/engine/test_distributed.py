@@ -71,3 +71,19 @@ def test_a_peer_without_its_coordinator_stops_with_one_line(tmp_path):
     assert proc.stderr.splitlines() == [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "process 1 of 2" in proc.stderr and "nothing answers there after 2 s" in proc.stderr
     assert not (tmp_path / "wd").exists()
+
+
+def test_a_locked_workdir_stops_every_process_of_a_second_run(tmp_path):
+    """Process 0 finds the lock held (here by this test); the other process learns it from
+    process 0 and stops too, instead of waiting at the checkpoint directory's barrier."""
+    from nowcast_jax.engine import lock as lock_lib
+
+    port, workdir = _free_port(), tmp_path / "held"
+    workdir.mkdir()
+    with lock_lib.writer_lock(workdir, say=lambda m: None):
+        procs = [subprocess.Popen(cli_cmd("train", "--config", TOY, "--workdir", workdir, *RUN), env=_env(port, pid),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in (0, 1)]
+        errs = [p.communicate(timeout=180)[1] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], errs
+    assert "is being trained by pid" in errs[0] and "process 0 found its lock" in errs[1]
+    assert not (workdir / "checkpoints").exists()
