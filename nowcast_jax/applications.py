@@ -70,5 +70,13 @@ def application(task_name: str) -> Application:
 
 
 def make_task(config):
-    """Build the task named by ``config.task``."""
-    return application(str(config.task)).hook("make_task")(config)
+    """Build the task named by ``config.task``; a config without a key that task reads (a
+    config of another application) is a :class:`ConfigError` naming the key."""
+    factory = application(str(config.task)).hook("make_task")
+    try:
+        return factory(config)
+    except AttributeError as err:
+        if not isinstance(err.__context__, KeyError):  # ml_collections' "no such key": else a bug
+            raise
+        raise ConfigError(f"config.task={config.task!r} reads config key {err.__context__} that this config lacks: "
+                          "is it a config of that application (configs/*.py)?") from None

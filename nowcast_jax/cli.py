@@ -379,6 +379,8 @@ def _user_error(err: BaseException) -> str | None:
         return f"cannot write{where}: {err.strerror}; free space or choose a writable --workdir / --out"
     if isinstance(err, PermissionError):
         return f"permission denied: {err.filename or err}"
+    if isinstance(err, FileExistsError):
+        return f"{err.filename} exists and is not a folder: give a folder (e.g. --out DIR)"
     if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
         return f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
     return None

@@ -269,3 +269,14 @@ def test_radar_mistakes_are_one_line(tmp_path, capsys, radar_dir, extra, message
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
     assert not (tmp_path / "wd").exists()
+
+
+def test_wrong_kind_of_path_or_config_is_one_line(straight, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    assert cli.main(["evaluate", "--workdir", str(straight), "--out", str(tmp_path / "a_file")]) == 2
+    assert "a_file exists and is not a folder" in capsys.readouterr().err
+    # the toy workdir's config with another application's task: a key it lacks, named
+    assert cli.main(["train", "--workdir", str(tmp_path / "wd"), "--config", TOY, "--config.task=visibility"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "reads config key" in err and "lacks" in err
+    assert not (tmp_path / "wd").exists()

@@ -9,15 +9,15 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs the 'flatbuffers' package")
 
 from nowcast_jax.engine import workdir as workdir_lib
-from nowcast_jax import artifact, models  # noqa: E402
+from nowcast_jax import artifact  # noqa: E402
 from nowcast_jax.engine import export
+from tests.export_fns import tiny_precip_fn, tiny_station_fn  # noqa: E402
 from tests.engine_utils import REPO, TOY, cli_env  # noqa: E402
 from tests.toy_task import ToyTask  # noqa: E402
 
@@ -38,26 +38,12 @@ MODEL_MODULES = ("nowcast_jax.models", "nowcast_jax.cells", "nowcast_jax.rollout
 
 def _precip_fn():
     """Tiny encoder-forecaster with a log1p rain transform baked in: mm/h -> mm/h."""
-    model = models.encoder_forecaster(1, patch_size=2, hidden=(4, 4), kernel_x=3, kernel_h=3)
-    params = model.init(jax.random.key(0), FRAMES[1:])
-
-    def fn(rain):  # [b, J, H, W, 1] mm/h -> [b, K, H, W, 1] mm/h
-        z = jnp.log1p(jnp.maximum(rain, 0.0)) / 2.0
-        return jnp.maximum(jnp.expm1(model.apply(params, z, output_steps=STEPS) * 2.0), 0.0)
-
-    return fn
+    return tiny_precip_fn(FRAMES, STEPS)
 
 
 def _station_fn():
     """Tiny station LSTM with a min-max scaler baked in: raw features -> visibility (miles)."""
-    model = models.station_lstm(hidden=(4, 4), horizons=3)
-    params = model.init(jax.random.key(1), 5, 6)
-    lo, hi = jnp.arange(5.0), jnp.arange(5.0) * 3 + 10
-
-    def fn(x):  # [b, T=6, F=5] physical -> [b, 3] miles
-        return model.apply(params, (x - lo) / (hi - lo))["value"] * 10.0
-
-    return fn
+    return tiny_station_fn()
 
 
 @pytest.fixture(scope="module")

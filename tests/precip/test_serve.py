@@ -8,18 +8,18 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs the 'flatbuffers' package")
 
-from nowcast_jax import artifact, models  # noqa: E402
+from nowcast_jax import artifact  # noqa: E402
 from nowcast_jax.artifact import ServeError  # noqa: E402
 from nowcast_jax.engine import export  # noqa: E402
 from nowcast_jax.precip import archive, decode  # noqa: E402
 from nowcast_jax.precip import serve as precip_serve  # noqa: E402
 from nowcast_jax.precip import task as precip  # noqa: E402
+from tests.export_fns import tiny_precip_fn  # noqa: E402
 from tests.precip.conftest import tiny_radar_config  # noqa: E402
 
 FRAMES = (3, 8, 8, 1)  # J, H, W, C
@@ -28,14 +28,7 @@ STEPS = 2
 
 def _precip_fn():
     """Tiny encoder-forecaster with a log1p rain transform baked in: mm/h -> mm/h."""
-    model = models.encoder_forecaster(1, patch_size=2, hidden=(4, 4), kernel_x=3, kernel_h=3)
-    params = model.init(jax.random.key(0), FRAMES[1:])
-
-    def fn(rain):  # [b, J, H, W, 1] mm/h -> [b, K, H, W, 1] mm/h
-        z = jnp.log1p(jnp.maximum(rain, 0.0)) / 2.0
-        return jnp.maximum(jnp.expm1(model.apply(params, z, output_steps=STEPS) * 2.0), 0.0)
-
-    return fn
+    return tiny_precip_fn(FRAMES, STEPS)
 
 
 def _cli(*args, capsys):

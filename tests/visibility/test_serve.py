@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs the 'flatbuffers' package")
 
-from nowcast_jax import artifact, models  # noqa: E402
+from nowcast_jax import artifact  # noqa: E402
 from nowcast_jax.artifact import ServeError  # noqa: E402
 from nowcast_jax.engine import export  # noqa: E402
 from nowcast_jax.visibility import serve as visibility_serve  # noqa: E402
@@ -19,6 +19,7 @@ from nowcast_jax.visibility import task as vis
 from nowcast_jax.visibility.forecast import forecast_windows  # noqa: E402
 from nowcast_jax.visibility.preprocess import StationContract  # noqa: E402
 from nowcast_jax.visibility.readers import MILE_M, CsvContract, nycflights13_defaults  # noqa: E402
+from tests.export_fns import tiny_station_fn  # noqa: E402
 from tests.visibility.conftest import tiny_config  # noqa: E402
 
 STATION_FEATURES = ["temperature", "dew_point", "pressure", "wind_speed", "visibility"]
@@ -45,14 +46,7 @@ def _contract(**changes) -> StationContract:
 
 def _station_fn():
     """Tiny station LSTM with a min-max scaler baked in: raw features -> visibility (miles)."""
-    model = models.station_lstm(hidden=(4, 4), horizons=3)
-    params = model.init(jax.random.key(1), 5, 6)
-    lo, hi = np.arange(5.0), np.arange(5.0) * 3 + 10
-
-    def fn(x):  # [b, T=6, F=5] physical -> [b, 3] miles
-        return model.apply(params, (x - lo) / (hi - lo))["value"] * 10.0
-
-    return fn
+    return tiny_station_fn()
 
 
 @pytest.fixture(scope="module")
