@@ -9,10 +9,15 @@ quarter turns, balanced MSE (HKO-7 weights) on log1p rain, masked outside the ra
 ``model.residual``: the network predicts the change from the last observed frame.
 
 Pointing it at another archive: ``data.importer`` (pysteps name, e.g. ``bom_rf3``),
-``data.importer_kwargs``, ``data.files`` (glob), ``data.fn_pattern`` (pysteps archive
-pattern), ``data.timestep_minutes``, ``data.input_frames``, ``data.output_frames``,
+``data.importer_kwargs`` (empty = that importer's defaults, ``decode.IMPORTER_DEFAULTS``; given
+keys are merged over them, so switching the importer never carries another's arguments along;
+set the whole dict, e.g. ``--config.data.importer_kwargs="{'product': 'RZC'}"``),
+``data.files`` (glob), ``data.fn_pattern`` (pysteps archive pattern), ``data.input_frames``,
+``data.output_frames``,
 ``data.downsample``, ``data.crop_size``, ``data.eval_crop_size`` (0 = full frame; both must
-be multiples of ``model.patch_size`` after downsampling), ``data.test_events`` /
+fit the downsampled frame and be multiples of ``model.patch_size``, else a config error names
+both sizes), ``data.timestep_minutes`` (the files' step or a multiple of it: windows then take
+every n-th file; any other step is refused naming the files' step), ``data.test_events`` /
 ``data.val_events`` (event index or id prefix), ``data.zr_a`` / ``data.zr_b`` (Z-R for
 reflectivity importers; 0 = from the importer's metadata). These settings, the downsampled
 grid and the rain transform form the fitted contract (``nowcast_jax.precip.preprocess``)
@@ -20,6 +25,9 @@ saved with every checkpoint and export. A restored run keeps the checkpoint's ra
 transform and reads what the config says (``evaluate --config.data.files=...`` on another
 archive or grid works); ``data.downsample``, ``data.timestep_minutes``,
 ``data.input_frames`` and ``data.output_frames`` must stay the checkpoint's.
+
+``model.kind``: ``"encoder_forecaster"`` (the paper's model, here) or ``"extrapolation"`` (the
+extrapolation-conditioned model; use ``configs/precip_radar_extrapolation.py``).
 
 Variants: ``cpu`` (trains on a 2-core CPU in about 20 minutes; see
 ``experiments/radar.py``) and ``tiny`` (seconds, for tests).
@@ -54,14 +62,15 @@ def get_config(variant=None):
     c.eval.update(dict(max_windows=0, predict_batch_size=4, thresholds=(0.5, 2.0), out_dir=""))
     c.data = ml_collections.ConfigDict(dict(
         source="radar", files="radar/mch/*/*.gif", fn_pattern="AQC%y%j%H%M?_00005.801",
-        importer="mch_gif", importer_kwargs=dict(product="AQC", unit="mm", accutime=5.0),
+        importer="mch_gif", importer_kwargs=dict(),
         timestep_minutes=5.0, input_frames=5, output_frames=10, event_gap_minutes=60.0,
         downsample=2, crop_size=64, eval_crop_size=(320, 352), augment=True,
         min_rain_fraction=0.1, rain_threshold=0.5, max_tries=20,
         transform="log1p", transform_scale=1.0, zr_a=0.0, zr_b=0.0,
         test_events=("20170131",), val_events=(), cache_dir=""))
     c.model = ml_collections.ConfigDict(dict(
-        cell="convlstm", patch_size=4, hidden=(64, 64), kernel_x=5, kernel_h=5, peepholes=True, peephole_shape=(),
+        kind="encoder_forecaster", cell="convlstm", patch_size=4, hidden=(64, 64), kernel_x=5, kernel_h=5,
+        peepholes=True, peephole_shape=(),
         forget_bias=1.0, forecaster_input="zeros", feedback="identity", compute_dtype="", remat=False,
         unroll=1, conv_impl="auto", residual=True))
     c.loss = ml_collections.ConfigDict(dict(

@@ -4,6 +4,9 @@
   ``cell="lstm"``): an encoder stack reads J frames; a forecaster stack starts from the
   encoder's final states (copied layer by layer) and rolls out K steps; each prediction is
   a 1x1 convolution over the concatenated forecaster hidden states.
+* :func:`extrapolation_forecaster` — the same encoder-forecaster conditioned on an
+  extrapolation nowcast: the forecaster reads the extrapolated frames and predicts the
+  extrapolation plus a learned correction whose output layer starts at zero.
 * :func:`station_lstm` — Li et al. (2019): LSTM -> LSTM -> dense multi-horizon head.
 * :func:`mlp` — the "BP network" baseline over the flattened history.
 
@@ -187,6 +190,77 @@ def _teacher_inputs(last_units, truth_units, teacher_mask, steps):
     use = use.at[0].set(True)  # the first step always reads the last observed frame
     use = use.reshape(steps, batch, *([1] * (last_units.ndim - 1)))
     return truth_prev, use
+
+
+def extrapolation_forecaster(frame_channels: int = 1, patch_size: int = 4, hidden: Sequence[int] = (64, 64), *,
+                             kernel_x: int = 5, kernel_h: int = 5, peepholes: bool = True,
+                             peephole_shape: Sequence[int] | None = None, forget_bias: float = 1.0,
+                             compute_dtype: Any = None, remat: bool = False, unroll: int = 1,
+                             conv_impl: str = "auto") -> Model:
+    """ConvLSTM encoder-forecaster that corrects an extrapolation nowcast (motion does the transport).
+
+    ``init(key, frame_shape=(H, W, C))``;
+    ``apply(params, inputs [B,J,H,W,C], extrapolation [B,K,H,W,C], valid=None) -> [B,K,H,W,C]``.
+
+    The encoder reads the J observed frames (as in the paper); the forecaster starts from its
+    final states and at step k reads the extrapolated frame k and its validity (``valid``,
+    True where the extrapolation came from observed pixels; default all True), both patched.
+    The output is ``extrapolation + correction``: the 1x1 head over the concatenated
+    forecaster states is initialised to ZERO, so an untrained model returns the extrapolation
+    exactly, and training learns growth, decay and what the motion got wrong. All values are
+    in the caller's units (the radar task passes model units, e.g. log1p mm/h).
+    """
+    kw = dict(kernel_x=kernel_x, kernel_h=kernel_h, peepholes=peepholes, forget_bias=forget_bias,
+              compute_dtype=compute_dtype, conv_impl=conv_impl,
+              peephole_shape=tuple(peephole_shape) if peephole_shape else None)
+    enc_cells, fc_cells = _make_cells("convlstm", hidden, **kw), _make_cells("convlstm", hidden, **kw)
+    depth = frame_channels * patch_size ** 2
+
+    def init(key: jax.Array, frame_shape: Sequence[int]) -> dict:
+        height, width, ch = frame_shape
+        if ch != frame_channels or height % patch_size or width % patch_size:
+            raise ValueError(f"frame_shape {tuple(frame_shape)} does not fit frame_channels={frame_channels} "
+                             f"and patch_size={patch_size}")
+        k_enc, k_fc = jax.random.split(key)
+        head = {"w": jnp.zeros((sum(hidden), depth)), "b": jnp.zeros((depth,))}  # untrained = the extrapolation
+        return {"encoder": stack_init(k_enc, enc_cells, depth),
+                "forecaster": stack_init(k_fc, fc_cells, 2 * depth), "head": head}
+
+    def encode(params, inputs):
+        """Encoder: ``inputs [B,J,H,W,C]`` -> (final states per layer, top outputs)."""
+        _check_frames(inputs, frame_channels, patch_size, "inputs")
+        u = space_to_depth(inputs, patch_size)  # [B, J, h, w, d]
+        carry = stack_initial_carry(enc_cells, u.shape[0], u.shape[2:4])
+        return stack_scan(enc_cells, params["encoder"], carry, u, remat=remat, unroll=unroll)
+
+    def forecast(params, states, guide_units):
+        """Forecaster: ``guide_units [B, K, h, w, 2d]`` (extrapolation, validity) -> corrections ``[B, K, h, w, d]``."""
+        def step(p, carry, x, sinks):
+            carry, outs, xbs = stack_step_sinks(fc_cells, p["cells"], carry, x, sinks)
+            y = pointwise(jnp.concatenate(outs, axis=-1), p["head"]["w"], p["head"]["b"])
+            return carry, y.astype(x.dtype), xbs
+
+        def prepare(p):
+            return {"cells": stack_prepare(fc_cells, p["cells"], guide_units.shape[2:4]), "head": p["head"]}
+
+        params = {"cells": params["forecaster"], "head": params["head"]}
+        _, ys = prepared_scan(step, params, prepare, list(states), time_major(guide_units), remat=remat,
+                              unroll=unroll)
+        return batch_major(ys)
+
+    def apply(params, inputs, extrapolation, valid=None):
+        """``inputs [B,J,H,W,C]``, ``extrapolation [B,K,H,W,C]`` -> ``[B,K,H,W,C]``."""
+        _check_frames(extrapolation, frame_channels, patch_size, "extrapolation")
+        if extrapolation.shape[0] != inputs.shape[0] or extrapolation.shape[2:] != inputs.shape[2:]:
+            raise ValueError(f"extrapolation {tuple(extrapolation.shape)} does not match inputs "
+                             f"{tuple(inputs.shape)} in batch or frame shape")
+        valid = jnp.ones_like(extrapolation) if valid is None else jnp.asarray(valid, extrapolation.dtype)
+        states, _ = encode(params, inputs)
+        guide = jnp.concatenate([space_to_depth(extrapolation, patch_size), space_to_depth(valid, patch_size)], -1)
+        corrections = depth_to_space(forecast(params, states, guide), patch_size)
+        return (extrapolation + corrections).astype(inputs.dtype)
+
+    return Model(init, apply, encode, forecast)
 
 
 def station_lstm(hidden: Sequence[int] = (64, 64), horizons: int = 3, *, aux_logits: bool = False,

@@ -206,3 +206,62 @@ def test_paper_hadamard_peepholes_through_the_model():
     assert params["encoder"][0]["w_ci"].shape == (4, 4, 3)
     inputs, _ = _inputs()
     assert model.apply(params, inputs, output_steps=2).shape == (2, 2, 8, 8, 1)
+
+
+# ---- the extrapolation-conditioned forecaster ----------------------------------------------
+
+
+def _extrapolation_loop(params, inputs, extrap, valid, patch):
+    """Python-loop reference: encoder on the inputs, forecaster reads (extrapolation, validity) per
+    step, output = extrapolation + 1x1 head over the concatenated forecaster states."""
+    cell = lambda f: models._make_cells("convlstm", [f], kernel_x=3, kernel_h=3, peepholes=True, forget_bias=1.0,
+                                        compute_dtype=None, conv_impl="auto")[0]
+    cells_ = [cell(f) for f in TINY["hidden"]]
+    u = rollout.space_to_depth(inputs, patch)
+    states = rollout.stack_initial_carry(cells_, u.shape[0], u.shape[2:4])
+    for t in range(u.shape[1]):
+        x = u[:, t]
+        for l, c in enumerate(cells_):
+            states[l], x = c.apply(params["encoder"][l], states[l], x)
+    guide = jnp.concatenate([rollout.space_to_depth(extrap, patch), rollout.space_to_depth(valid, patch)], -1)
+    outs = []
+    for k in range(extrap.shape[1]):
+        x, hs = guide[:, k], []
+        for l, c in enumerate(cells_):
+            states[l], x = c.apply(params["forecaster"][l], states[l], x)
+            hs.append(x)
+        outs.append(jnp.concatenate(hs, -1) @ params["head"]["w"] + params["head"]["b"])
+    return extrap + rollout.depth_to_space(jnp.stack(outs, 1), patch)
+
+
+def test_untrained_extrapolation_forecaster_is_the_extrapolation():
+    model = models.extrapolation_forecaster(**TINY)
+    params = model.init(jax.random.PRNGKey(0), (8, 8, 1))
+    inputs, extrap = _inputs()
+    valid = jax.random.bernoulli(jax.random.PRNGKey(3), 0.8, extrap.shape)
+    np.testing.assert_array_equal(model.apply(params, inputs, extrap, valid), extrap)
+
+
+def test_extrapolation_forecaster_equals_python_loop_and_trains():
+    model = models.extrapolation_forecaster(**TINY)
+    params = model.init(jax.random.PRNGKey(0), (8, 8, 1))
+    head = params["head"]
+    params["head"] = {"w": jax.random.normal(jax.random.PRNGKey(5), head["w"].shape), "b": head["b"] + 0.1}
+    inputs, extrap = _inputs()
+    valid = jax.random.bernoulli(jax.random.PRNGKey(3), 0.8, extrap.shape).astype(jnp.float32)
+    got = jax.jit(model.apply)(params, inputs, extrap, valid)
+    np.testing.assert_allclose(got, _extrapolation_loop(params, inputs, extrap, valid, 2), rtol=1e-5, atol=1e-5)
+    # from the zero head, the first gradient reaches the head (the only way out of zero)
+    zero = model.init(jax.random.PRNGKey(0), (8, 8, 1))
+    grads = jax.grad(lambda p: jnp.mean((model.apply(p, inputs, extrap, valid) - 0.5) ** 2))(zero)
+    assert float(jnp.abs(grads["head"]["w"]).max()) > 0
+
+
+def test_extrapolation_forecaster_errors_name_the_problem():
+    model = models.extrapolation_forecaster(**TINY)
+    params = model.init(jax.random.PRNGKey(0), (8, 8, 1))
+    inputs, extrap = _inputs()
+    with pytest.raises(ValueError, match="extrapolation .* does not match inputs"):
+        model.apply(params, inputs, extrap[:1])
+    with pytest.raises(ValueError, match="extrapolation must be"):
+        model.apply(params, inputs, extrap[..., 0])

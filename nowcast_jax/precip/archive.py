@@ -7,6 +7,7 @@ what is known from file names alone. Numpy only (never imports jax or pysteps).
 from __future__ import annotations
 
 import glob as _glob
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -195,6 +196,88 @@ def find_frame_windows(times: Sequence[datetime], timestep_minutes: float, lengt
         else:
             windows.append(idx)
     return np.asarray(windows, np.int64).reshape(-1, length), dropped
+
+
+def event_time_step(event: Event) -> float | None:
+    """The step of an event's files in minutes: the median spacing of its consecutive frames
+    (robust to a missing file); None for an event of one frame."""
+    times = event.times
+    if len(times) < 2:
+        return None
+    gaps = [(b - a).total_seconds() for a, b in zip(times[:-1], times[1:])]
+    return float(np.median(gaps)) / 60.0
+
+
+def _is_multiple(step_minutes: float, of_minutes: float) -> bool:
+    """``step_minutes`` is a whole number (>= 1) of ``of_minutes`` (to a second's rounding)."""
+    ratio = step_minutes / of_minutes
+    n = round(ratio)
+    return n >= 1 and abs(step_minutes - n * of_minutes) * 60.0 < 0.5
+
+
+def _minutes(value: float) -> str:
+    return f"{value:g}"
+
+
+def check_time_step(
+    events: Sequence[Event], timestep_minutes: float, length: int = 2, *, key: str = "data.timestep_minutes",
+    length_key: str = "data.input_frames + data.output_frames",
+) -> float | None:
+    """Refuse a window step that the files do not have; returns the files' step in minutes.
+
+    Every event with at least ``length`` frames (the window length J+K: shorter events can
+    hold no window) is measured (:func:`event_time_step`). ``timestep_minutes`` must be that
+    step or a whole multiple of it (windows then take every n-th file:
+    :func:`find_frame_windows` subsamples), else ``ValueError`` naming ``key``, the measured
+    step and the fix; never are files used at a step they do not have. A ``ValueError`` too
+    when no event is long enough for one window of ``length`` frames at ``timestep_minutes``
+    (naming the longest event, the span a window needs, and ``length_key``). Returns the files'
+    step in minutes (the smallest when events differ; None when no event was measured). Reads
+    file names only.
+    """
+    step = float(timestep_minutes)
+    if not step > 0:
+        raise ValueError(f"{key}={timestep_minutes!r}: the step between frames must be > 0 minutes")
+    long_enough = [e for e in events if len(e.frames) >= max(2, int(length))]
+    steps = {e.id: event_time_step(e) for e in long_enough}
+    wrong = {eid: s for eid, s in steps.items() if not _is_multiple(step, s)}
+    if wrong:
+        found = sorted(set(wrong.values()))
+        if len(found) == 1 and len(wrong) == len(steps):
+            files = sum(len(e.frames) for e in long_enough)
+            where = f"{len(steps)} event{'s' if len(steps) > 1 else ''}, {files} files"
+            multiples = ", ".join(_minutes(found[0] * n) for n in range(2, 5))
+            raise ValueError(f"{key}={_minutes(step)} but the files are {_minutes(found[0])} min apart (median "
+                             f"spacing of consecutive files within events; {where}): set {key}="
+                             f"{_minutes(found[0])} (the files' step) or a multiple of it ({multiples}, ...: "
+                             "windows then take every n-th file)")
+        listed = ", ".join(f"{eid} ({_minutes(s)} min)" for eid, s in sorted(wrong.items()))
+        every = sorted(set(steps.values()))
+        common = math.lcm(*(max(1, round(s * 60)) for s in every)) / 60.0
+        raise ValueError(f"{key}={_minutes(step)} is not a whole multiple of the files' step in event(s) {listed} "
+                         f"(steps in this archive: {', '.join(_minutes(s) + ' min' for s in every)}): set {key}="
+                         f"{_minutes(common)} (or another multiple of every event's step), or choose files of one "
+                         "step in data.files")
+    if length > 1 and not any(len(find_frame_windows(e.times, step, length)[0]) for e in long_enough):
+        if not events:
+            raise ValueError("the archive holds no files")
+        longest = max(events, key=lambda e: (e.times[-1] - e.times[0], len(e.frames)))
+        span = (longest.times[-1] - longest.times[0]).total_seconds() / 60.0
+        spacing = event_time_step(longest)
+        apart, hint = "", ""
+        if spacing is not None:
+            apart = f", {_minutes(spacing)} min apart"
+            n = int(span / (length - 1) / spacing + 1e-9)
+            if n >= 1:
+                hint = f", e.g. {_minutes(n * spacing)}"
+        raise ValueError(f"no event holds a window of {length} frames ({length_key}) at {key}={_minutes(step)}: "
+                         f"that needs {_minutes((length - 1) * step)} min of files without a gap, the longest "
+                         f"event {longest.id} spans {_minutes(span)} min ({len(longest.frames)} files{apart}); "
+                         f"use a smaller {key} (the files' step or a multiple of it{hint}), fewer "
+                         f"{length_key.replace(' + ', ' / ')}, or longer events (data.event_gap_minutes groups "
+                         "files into events)")
+    measured = [s for s in steps.values() if s is not None]
+    return min(measured) if measured else None
 
 
 def _select_event(selector: int | str, events: Sequence[Event]) -> int:

@@ -19,6 +19,12 @@ Units and layout of a batch (``B`` windows, ``J`` input and ``K`` target frames)
     {"inputs":  [B, J, H, W, 1] float32,  "input_mask":  [B, J, H, W, 1] bool,
      "targets": [B, K, H, W, 1] float32,  "target_mask": [B, K, H, W, 1] bool}
 
+and, when the dataset has a ``motion_method`` (the extrapolation-conditioned model), the crops
+of each window's full-frame motion and extrapolation (:mod:`nowcast_jax.precip.motion`)::
+
+    {"motion": [B, H, W, 2] float32 (x, y) pixels per step,
+     "extrapolation": [B, K, H, W, 1] float32 mm/h,  "extrapolation_mask": [B, K, H, W, 1] bool}
+
 Values are rain rates in mm/h. Masks are ``True`` where the radar observed (finite value);
 masked pixels hold 0 mm/h (:func:`nowcast_jax.precip.decode.observed_rain`). The rain
 transform to model units belongs to the fitted contract
@@ -36,7 +42,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from nowcast_jax.precip.archive import Event, find_frame_windows, group_events, list_frames, split_events
+from nowcast_jax.precip.archive import (Event, check_time_step, find_frame_windows, group_events, list_frames,
+                                        split_events)
 from nowcast_jax.precip.decode import observed_rain
 from nowcast_jax.precip.preprocess import centre_origin, crop_shape
 
@@ -132,6 +139,7 @@ class RadarDataset:
     max_tries: int = 20
     test_events: Sequence[int | str] = (-1,)
     val_events: Sequence[int | str] = ()
+    motion_method: str | None = None
     # derived
     window_frames: np.ndarray = field(init=False)
     windows: np.ndarray = field(init=False)
@@ -140,11 +148,13 @@ class RadarDataset:
     _event_split: dict = field(init=False, repr=False)
     _grid: tuple[int, int] | None = field(init=False, default=None, repr=False)
     _rain: dict = field(init=False, default_factory=dict, repr=False)
+    _motion: dict = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self):
         length = self.input_frames + self.output_frames
         if self.input_frames < 1 or self.output_frames < 1:
             raise ValueError("input_frames and output_frames must be >= 1")
+        check_time_step(self.events, self.timestep_minutes, length)
         rows, frames, dropped, per_event = [], [], 0, []
         for e_idx, event in enumerate(self.events):
             win, drop = find_frame_windows(event.times, self.timestep_minutes, length)
@@ -231,6 +241,24 @@ class RadarDataset:
         h, w = size if size is not None else rain.shape[1:]
         return np.asarray(rain[self.window_frames[window], y : y + h, x : x + w], np.float32)
 
+    def window_motion(self, window: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(motion [H0, W0, 2], extrapolation [K, H0, W0] mm/h, NaN where not valid)`` of one window,
+        on the full frame (:func:`nowcast_jax.precip.motion.event_motion`, computed once per event
+        and cached in ``cache_dir``). Needs ``motion_method``."""
+        if not self.motion_method:
+            raise ValueError("this dataset was opened without a motion method (motion_method=None)")
+        e = int(self.windows[window, 0])
+        if e not in self._motion:
+            from nowcast_jax.precip.motion import event_motion
+
+            ids = np.flatnonzero(self.windows[:, 0] == e)
+            arrays = event_motion(self.event_rain(e), self.window_frames[ids], self.input_frames,
+                                  self.output_frames, method=self.motion_method, cache_dir=self.cache_dir)
+            self._motion[e] = (ids, *arrays)
+        ids, motion, extrapolation = self._motion[e]
+        at = int(np.searchsorted(ids, window))
+        return motion[at], extrapolation[at]
+
     # ---- sampling -------------------------------------------------------------------------
 
     def train_crop(self, seed: int, index: int, split: str = "train") -> CropSpec:
@@ -280,7 +308,22 @@ class RadarDataset:
         seqs = [augment(self.window_rain(c.window, c.y, c.x, size), c.rot90, c.flip) for c in crops]
         rain, mask = observed_rain(np.stack(seqs)[..., None])  # [B, J+K, h, w, 1]; unobserved: 0 mm/h
         j = self.input_frames
-        return {"inputs": rain[:, :j], "targets": rain[:, j:], "input_mask": mask[:, :j], "target_mask": mask[:, j:]}
+        batch = {"inputs": rain[:, :j], "targets": rain[:, j:], "input_mask": mask[:, :j], "target_mask": mask[:, j:]}
+        if self.motion_method:
+            batch.update(self._motion_batch(crops, size))
+        return batch
+
+    def _motion_batch(self, crops: Sequence[CropSpec], size: tuple[int, int]) -> dict[str, np.ndarray]:
+        """The crops of each window's full-frame motion and extrapolation, augmented like the frames."""
+        from nowcast_jax.precip.motion import augment_motion
+
+        (h, w), motions, extraps = size, [], []
+        for c in crops:
+            motion, extrap = self.window_motion(c.window)
+            motions.append(augment_motion(motion[c.y : c.y + h, c.x : c.x + w], c.rot90, c.flip))
+            extraps.append(augment(np.asarray(extrap[:, c.y : c.y + h, c.x : c.x + w], np.float32), c.rot90, c.flip))
+        extrap, valid = observed_rain(np.stack(extraps)[..., None])  # [B, K, h, w, 1]
+        return {"motion": np.stack(motions).astype(np.float32), "extrapolation": extrap, "extrapolation_mask": valid}
 
     def train_batch(self, step: int, batch_size: int, seed: int, *, split: str = "train") -> dict[str, np.ndarray]:
         """Training batch ``step``: sample ``i`` is :meth:`train_crop` ``(seed, step*batch_size+i)``."""

@@ -59,6 +59,37 @@ def get_importer(importer: str | Importer) -> Importer:
         raise ValueError(f"unknown importer {importer!r} ({known})") from None
 
 
+# The keyword arguments each known pysteps importer is called with when ``data.importer_kwargs``
+# is empty: what the shared data's README and pysteps' data sources (``pystepsrc``) use, with
+# the importer's own signature defaults written out where they shape the field (MRMS
+# ``window_size``, the HDF5 quantity), so that a fitted contract records them and stays
+# reproducible if pysteps changes a default. Importers not listed: ``{}``.
+IMPORTER_DEFAULTS: dict[str, dict] = {
+    "mch_gif": {"product": "AQC", "unit": "mm", "accutime": 5.0},  # required by pysteps; AQC = 5-min sums in mm
+    "fmi_pgm": {"gzipped": True},  # FMI's archive (and pysteps' example data) is .pgm.gz
+    "bom_rf3": {},
+    "mrms_grib": {"window_size": 4},  # pysteps' default: 3500x7000 at 0.01 deg -> 875x1750 at 0.04 deg
+    "knmi_hdf5": {"qty": "ACRR", "accutime": 5.0},
+    "odim_hdf5": {"qty": "RATE"},
+    "opera_hdf5": {"qty": "RATE"},
+    "dwd_hdf5": {"qty": "RATE"},
+    "mch_hdf5": {"qty": "RATE"},
+    "saf_crri": {},
+    "fmi_geotiff": {},
+}
+
+
+def resolve_importer_kwargs(importer: str | Importer, importer_kwargs=None) -> dict:
+    """The keyword arguments ``importer`` is called with: its :data:`IMPORTER_DEFAULTS`
+    (``{}`` for an importer not listed or a callable) with ``importer_kwargs`` (the user's,
+    e.g. ``data.importer_kwargs``) merged over them. Empty or None = the importer's defaults.
+
+    So switching ``data.importer`` never carries another importer's arguments along."""
+    defaults = {} if callable(importer) else IMPORTER_DEFAULTS.get(str(importer), {})
+    given = importer_kwargs.to_dict() if hasattr(importer_kwargs, "to_dict") else dict(importer_kwargs or {})
+    return {**defaults, **given}
+
+
 def to_rain_rate(
     field_: np.ndarray, metadata: dict, *, zr_a: float | None = None, zr_b: float | None = None
 ) -> np.ndarray:

@@ -27,6 +27,7 @@ from nowcast_jax.precip import plots
 from nowcast_jax.precip.task import MovingMNISTTask, RadarTask
 
 RADAR_SCORES = ("csi", "pod", "far", "corr", "mse", "mae")
+FORECAST_KEYS = ("inputs", "extrapolation", "extrapolation_mask")  # what a forecaster may read of a batch
 PERSISTENCE_EPS = 1e-3
 
 
@@ -36,41 +37,70 @@ def _common_mask(batch: dict) -> np.ndarray:
 
 
 def radar_forecasts(task, forecast, params, batch_mm: dict) -> dict[str, np.ndarray]:
-    """All forecasts of one mm/h batch: ``{"model", "persistence", "optical_flow"}`` each ``[B, K, H, W, 1]`` mm/h.
+    """All forecasts of one mm/h batch, each ``[B, K, H, W, 1]`` mm/h: ``model``, ``persistence``,
+    ``optical_flow`` and, for the extrapolation model, ``extrapolation`` (what it corrects).
 
-    ``forecast`` is the (jitted) ``task.raw_forecast``; the batch's unobserved pixels hold 0 mm/h.
+    ``forecast`` is the (jitted) ``task.forecast_batch``; the batch's unobserved pixels hold 0 mm/h.
     """
     k = task.output_frames
-    inputs = task.contract.to_model_units(batch_mm["inputs"])
-    model = task.contract.from_model_units(np.asarray(forecast(params, inputs)))
+    units = task.model_batch(batch_mm)
+    units = {name: units[name] for name in FORECAST_KEYS if name in units}
+    model = task.contract.from_model_units(np.asarray(forecast(params, units)))
     raw = np.where(batch_mm["input_mask"], batch_mm["inputs"], np.nan)
-    return {"model": model,
-            "persistence": baselines.persistence(batch_mm["inputs"], k),
-            "optical_flow": baselines.optical_flow(raw, k, outside_value=0.0)}
+    out = {"model": model}
+    if "extrapolation" in batch_mm:
+        out["extrapolation"] = np.asarray(batch_mm["extrapolation"], np.float32)
+    out.update(persistence=baselines.persistence(batch_mm["inputs"], k),
+               optical_flow=baselines.optical_flow(raw, k, outside_value=0.0))
+    return out
+
+
+def _rain_amounts(field: np.ndarray, mask: np.ndarray, threshold: float) -> np.ndarray:
+    """``[3, K]`` sums over the scored pixels: pixel count, pixels >= ``threshold``, rain (mm/h)."""
+    m = mask.astype(np.float64)
+    axes = tuple(i for i in range(field.ndim) if i != 1)
+    wet = (field >= threshold) * m
+    return np.stack([m.sum(axes), wet.sum(axes), (np.where(mask, field, 0.0)).sum(axes)])
+
+
+def _amount_scores(sums: np.ndarray) -> dict[str, list]:
+    """Mean rain area (fraction of scored pixels >= the first threshold) and mean rain rate per lead."""
+    n = np.maximum(sums[0], 1.0)
+    return {"rain_area": (sums[1] / n).tolist(), "mean_rain": (sums[2] / n).tolist()}
 
 
 def score_radar(task, params, split: str, out_dir=None) -> dict:
-    """``{forecaster: {"csi_0.5": [K], "pod_0.5", "far_0.5", "csi_2.0", ..., "corr", "mse", "mae"}}``.
+    """``{forecaster: {"csi_0.5": [K], "pod_0.5", "far_0.5", ..., "fss_2.0_4", "corr", "mse", "mae",
+    "rain_area", "mean_rain"}}`` plus ``"observed": {"rain_area", "mean_rain"}``.
 
-    Forecasters: ``model``, ``persistence``, ``optical_flow``; scores in mm/h per lead time
-    (thresholds from ``config.eval.thresholds``). ``"windows"`` counts the scored windows.
+    Forecasters: see :func:`radar_forecasts`; scores in mm/h per lead time (thresholds from
+    ``config.eval.thresholds``, FSS windows in pixels of the downsampled grid from
+    ``config.eval.fss_scales``; ``rain_area`` counts pixels >= the first threshold).
+    ``"windows"`` counts the scored windows.
     """
     cfg = task.config.eval
-    verifier = metrics.make_verifier(tuple(cfg.thresholds))
-    forecast = jax.jit(task.raw_forecast)
-    acc, first, n = {}, None, 0
+    scales = tuple(int(s) for s in cfg.get("fss_scales", ()) or ())
+    verifier = metrics.make_verifier(tuple(cfg.thresholds), scales)
+    names = RADAR_SCORES + (("fss",) if scales else ())
+    wet = float(tuple(cfg.thresholds)[0])
+    forecast = jax.jit(task.forecast_batch)
+    acc, amounts, first, n = {}, {}, None, 0
     for batch in task.eval_windows(split, int(cfg.predict_batch_size)):
         fc = radar_forecasts(task, forecast, params, batch)
         mask = _common_mask(batch)
         for name, pred in fc.items():
             acc.setdefault(name, verifier.init(task.output_frames))
             acc[name] = verifier.update(acc[name], pred, batch["targets"], mask)
+        for name, field in [*fc.items(), ("observed", batch["targets"])]:
+            amounts[name] = amounts.get(name, 0.0) + _rain_amounts(field, mask, wet)
         if first is None:
             first = (batch, fc)
         n += len(batch["inputs"])
     if first is None:
         raise ValueError(f"split {split!r} produced no windows")
-    results = {name: metrics.named_scores(verifier.compute(a), RADAR_SCORES) for name, a in acc.items()}
+    results = {name: metrics.named_scores(verifier.compute(a), names) for name, a in acc.items()}
+    for name, sums in amounts.items():
+        results.setdefault(name, {}).update(_amount_scores(sums))
     results["windows"] = n
     if out_dir:
         plots.plot_strip(first[0], first[1], Path(out_dir) / f"precip_radar_{split}.png", rain=True)

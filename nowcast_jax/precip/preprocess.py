@@ -56,6 +56,42 @@ def crop_shape(crop_size: int | tuple[int, int] | None, frame_shape: tuple[int, 
     return int(ch), int(cw)
 
 
+def check_crop(crop_size, grid: tuple[int, int], key: str = "data.crop_size", downsample_factor: int | None = None,
+               *, multiple: int = 1) -> tuple[int, int]:
+    """``(h, w)`` of the config crop ``crop_size`` (``key``, e.g. ``data.crop_size`` or
+    ``data.eval_crop_size``; 0 = the full frame) on the measured, downsampled ``grid``.
+
+    A crop larger than the grid (or, with ``multiple`` > 1, e.g. ``model.patch_size``, a crop
+    that is not a multiple of it) is a :class:`ConfigError` naming ``key``, the crop, the grid,
+    the downsampling and the sizes that would work."""
+    grid = (int(grid[0]), int(grid[1]))
+    size = parse_crop_size(crop_size, key)
+    shown = _shown_crop(crop_size)
+    scale = f" after data.downsample={int(downsample_factor)}" if downsample_factor else ""
+    m = max(1, int(multiple))
+    fits = (grid[0] // m * m, grid[1] // m * m)  # the largest crop that fits (and is a multiple of ``multiple``)
+    of_m = f" (multiples of model.patch_size={m})" if m > 1 else ""
+    full = "0 (the full frame) or " if fits == grid else ""
+    try:
+        hw = crop_shape(size, grid)
+    except ValueError:
+        raise ConfigError(f"{key}={shown} does not fit the frame: the files decode to {grid[0]}x{grid[1]} pixels"
+                          f"{scale}; set {key}={full}a size up to {fits}{of_m}") from None
+    if hw[0] % m or hw[1] % m:
+        what = "the full frame " if size is None else ""
+        raise ConfigError(f"{key}={shown}: {what}{hw[0]}x{hw[1]} is not a multiple of model.patch_size={m} "
+                          f"(the files decode to {grid[0]}x{grid[1]} pixels{scale}); set {key}={full}"
+                          f"a size up to {fits}{of_m}")
+    return hw
+
+
+def _shown_crop(value) -> str:
+    """A config crop size as a user would type it on the command line."""
+    if isinstance(value, (list, tuple)):
+        return "(" + ",".join(str(int(v)) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return repr(value)
+
+
 def centre_origin(frame_shape: tuple[int, int], crop_hw: tuple[int, int]) -> tuple[int, int]:
     """``(y, x)`` of the centred ``crop_hw`` in ``frame_shape`` (the evaluation and serving crop)."""
     return (int(frame_shape[0]) - int(crop_hw[0])) // 2, (int(frame_shape[1]) - int(crop_hw[1])) // 2
@@ -298,23 +334,28 @@ def reading_contract(data) -> RadarContract:
     """The contract of ``config.data`` before the grid is known: the reader, the step, J/K, the units.
 
     ``data.zr_a`` / ``data.zr_b`` of 0 (or absent) mean "from the importer's metadata".
-    ``data.importer_kwargs`` must be JSON-able numbers, strings, booleans, None or lists of
-    them (they are stored with every checkpoint and export): else :class:`ConfigError`.
+    ``data.importer_kwargs`` are merged over the importer's defaults
+    (:func:`nowcast_jax.precip.decode.resolve_importer_kwargs`; empty = the defaults, never
+    another importer's) and the contract records the result. They must be JSON-able numbers,
+    strings, booleans, None or lists of them (they are stored with every checkpoint and
+    export): else :class:`ConfigError`.
     """
     zr_a, zr_b = float(data.get("zr_a", 0) or 0), float(data.get("zr_b", 0) or 0)
     transform = make_transform(data.transform, float(data.transform_scale), float(data.get("transform_offset", 0.0)),
                                float(data.get("transform_floor_mm_h", 0.1)))
     return RadarContract(
-        importer=str(data.importer), importer_kwargs=_checked_kwargs(data.importer_kwargs),
+        importer=str(data.importer), importer_kwargs=_checked_kwargs(data.importer, data.importer_kwargs),
         fn_pattern=str(data.fn_pattern), zr_a=zr_a or None, zr_b=zr_b or None,
         timestep_minutes=float(data.timestep_minutes), downsample_factor=int(data.downsample), grid=None,
         eval_crop=None, input_steps=int(data.input_frames), output_steps=int(data.output_frames),
         transform=transform)
 
 
-def _checked_kwargs(kwargs) -> tuple[tuple[str, Any], ...]:
-    """``data.importer_kwargs`` frozen, or a :class:`ConfigError` naming the value JSON or hashing refuses."""
-    kwargs = dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs)
+def _checked_kwargs(importer, kwargs) -> tuple[tuple[str, Any], ...]:
+    """``data.importer_kwargs`` over the importer's defaults, frozen, or a :class:`ConfigError`
+    naming the value JSON or hashing refuses."""
+    given = dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs or {})
+    kwargs = decode.resolve_importer_kwargs(str(importer), given)
     try:
         frozen = _freeze_kwargs(kwargs)
         json.dumps(kwargs)
@@ -325,9 +366,11 @@ def _checked_kwargs(kwargs) -> tuple[tuple[str, Any], ...]:
     return frozen
 
 
-def fit_grid(reader: RadarContract, grid: tuple[int, int], eval_crop_size) -> RadarContract:
+def fit_grid(reader: RadarContract, grid: tuple[int, int], eval_crop_size, *, multiple: int = 1) -> RadarContract:
     """``reader`` with the ``grid`` measured through it (``RadarDataset.frame_shape()``, a
     training event) and the evaluation crop (``data.eval_crop_size``; 0 = the full frame)
-    resolved against it."""
+    resolved against it: :func:`check_crop` (a crop that does not fit, or is not a multiple of
+    ``multiple`` = ``model.patch_size`` when given, is a :class:`ConfigError` naming the key)."""
     grid = (int(grid[0]), int(grid[1]))
-    return dataclasses.replace(reader, grid=grid, eval_crop=crop_shape(parse_crop_size(eval_crop_size, "data.eval_crop_size"), grid))
+    eval_crop = check_crop(eval_crop_size, grid, "data.eval_crop_size", reader.downsample_factor, multiple=multiple)
+    return dataclasses.replace(reader, grid=grid, eval_crop=eval_crop)

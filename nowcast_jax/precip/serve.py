@@ -5,6 +5,12 @@ the domain) -> ``[b, K, h, w, 1]`` mm/h with the contract's rain transform baked
 sidecar holding the contract (``preprocess``); Moving MNIST: frames in [0, 1] -> pixel
 probabilities.
 
+The extrapolation model (``model.kind="extrapolation"``) exports ``(rain [b, J, h, w, 1] mm/h with NaN
+outside the domain, motion [b, h, w, 2] pixels per step, x then y)`` -> ``[b, K, h, w, 1]`` mm/h;
+the sidecar's ``motion`` names the method, and :func:`forecast_radar` estimates the motion from
+the J frames it reads (:func:`nowcast_jax.precip.motion.estimate_motion`, on the forecaster's crop)
+before calling it.
+
 :func:`forecast_radar` (``nowcast-jax predict``): the last ``J`` frames of a folder of radar
 files (or an ``.npz`` holding ``rain_mm_h [T, H0, W0]`` on the downsampled grid and optionally
 ``times``) -> ``[K, h, w]`` forecast in mm/h, written as ``.npz`` (``forecast_mm_h``,
@@ -36,8 +42,10 @@ from nowcast_jax.precip.preprocess import RadarContract, RainTransform, make_tra
 # ------------------------------------------------------------------------------ export
 def export_spec(task, params):
     """``(fn, input_specs, sidecar)`` of a precipitation task for ``nowcast-jax export`` (by its class)."""
-    from nowcast_jax.precip.task import MovingMNISTTask, RadarTask  # loaded already: the caller made the task
+    from nowcast_jax.precip.task import ExtrapolationTask, MovingMNISTTask, RadarTask  # loaded: the caller made the task
 
+    if isinstance(task, ExtrapolationTask):
+        return _extrapolation_export_spec(task, params)
     if isinstance(task, RadarTask):
         return _radar_export_spec(task, params)
     if isinstance(task, MovingMNISTTask):
@@ -64,6 +72,33 @@ def _radar_export_spec(task, params):
                "inputs": [{"name": "rain", "units": "mm/h"}], "outputs": [{"name": "rain", "units": "mm/h"}]}
     frames = (contract.input_steps, *contract.eval_crop, 1)
     return fn, export.batch_specs((frames, "float32")), sidecar
+
+
+MOTION_INPUT = {"name": "motion", "units": "pixels per time step",
+                "layout": "[b, h, w, 2]: component 0 = x (along w), 1 = y (along h); pysteps' velocity[0], "
+                          "velocity[1] moved to the last axis"}
+
+
+def _extrapolation_export_spec(task, params):
+    """Radar with the extrapolation model: ``(rain [b, J, h, w, 1] mm/h, motion [b, h, w, 2])`` ->
+    ``[b, K, h, w, 1]`` mm/h; the extrapolation of the last frame along ``motion`` happens inside."""
+    from nowcast_jax.engine import export
+
+    contract = task.contract
+
+    def fn(rain, motion):
+        return task.forecast_from_motion(params, rain, motion)
+
+    sidecar = {"kind": "radar", "units": "mm/h",
+               "nan_policy": "NaN or inf input rain is outside the radar domain (not extrapolated); negative is 0 mm/h",
+               "input_steps": contract.input_steps, "output_steps": contract.output_steps,
+               "time_step_minutes": contract.timestep_minutes, "preprocess": contract.to_dict(),
+               "motion": {"method": task.motion_method, "estimated_on": "the J input frames (mm/h, NaN outside)"},
+               "inputs": [{"name": "rain", "units": "mm/h"}, MOTION_INPUT],
+               "outputs": [{"name": "rain", "units": "mm/h"}]}
+    h, w = contract.eval_crop
+    specs = export.batch_specs(((contract.input_steps, h, w, 1), "float32"), ((h, w, 2), "float32"))
+    return fn, specs, sidecar
 
 
 def _frames_export_spec(task, params):
@@ -231,7 +266,13 @@ def forecast_radar(forecast, sidecar: dict, input_path, out_path, *, png: bool =
         raise ServeError(f"the sidecar's contract ({contract.input_steps} frames of {contract.eval_crop}) does not "
                          f"match the forecaster's input [{steps}, {h}, {w}]")
     x, rain, times = forecaster_inputs(contract, input_path)  # x [1, J, h, w, 1] mm/h
-    y = np.asarray(forecast(x))[0, ..., 0]  # [K, h, w] mm/h
+    if sidecar.get("motion"):  # the extrapolation model: rain with NaN outside the domain, and its motion
+        from nowcast_jax.precip.motion import estimate_motion
+
+        motion = estimate_motion(rain, sidecar["motion"].get("method", "LK"))  # [h, w, 2]
+        y = np.asarray(forecast(rain[None, ..., None], motion[None]))[0, ..., 0]
+    else:
+        y = np.asarray(forecast(x))[0, ..., 0]  # [K, h, w] mm/h
     y = np.where(np.isnan(rain[-1])[None], np.nan, y).astype(np.float32)  # keep the domain mask
     step = contract.timestep_minutes or None
     valid = ([(times[-1] + timedelta(minutes=step * (k + 1))).isoformat() for k in range(len(y))]

@@ -47,7 +47,7 @@ from nowcast_jax._paths import data_root
 from nowcast_jax.engine.config import ConfigError
 from nowcast_jax.precip.dataset import RadarDataset
 from nowcast_jax.precip.decode import get_importer, radar_cache_dir
-from nowcast_jax.precip.preprocess import (RadarContract, crop_shape, fit_grid, make_transform, parse_crop_size,
+from nowcast_jax.precip.preprocess import (RadarContract, check_crop, fit_grid, make_transform, parse_crop_size,
                                            reading_contract)
 
 MODEL_KEYS = ("patch_size", "hidden", "kernel_x", "kernel_h", "peepholes", "peephole_shape", "forget_bias",
@@ -60,14 +60,28 @@ WEIGHTS_MEAN = {"downsample_factor": "data.downsample", "timestep_minutes": "dat
                 "input_steps": "data.input_frames", "output_steps": "data.output_frames"}
 
 
+MODEL_KINDS = ("encoder_forecaster", "extrapolation")
+EXTRAPOLATION_UNUSED = ("forecaster_input", "feedback", "cell")  # keys the extrapolation model has no use for
+
+
 def build_model(model_cfg) -> models.Model:
-    """``models.encoder_forecaster`` from ``config.model`` (``compute_dtype`` "" = float32)."""
+    """The model of ``config.model`` (``compute_dtype`` "" = float32): ``kind="encoder_forecaster"``
+    (default: the paper's :func:`~nowcast_jax.models.encoder_forecaster`) or ``"extrapolation"``
+    (:func:`~nowcast_jax.models.extrapolation_forecaster`, which corrects an extrapolation nowcast)."""
+    kind = model_cfg.get("kind", "encoder_forecaster") or "encoder_forecaster"
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"config.model.kind must be one of {MODEL_KINDS}; got {kind!r}")
     kwargs = {k: model_cfg[k] for k in MODEL_KEYS if k in model_cfg}
     kwargs["hidden"] = tuple(int(h) for h in kwargs["hidden"])
     dtype = model_cfg.get("compute_dtype", "")
+    build = models.encoder_forecaster
+    if kind == "extrapolation":
+        if kwargs.get("cell", "convlstm") != "convlstm":
+            raise ConfigError(f"config.model.cell={kwargs['cell']!r}: the extrapolation model is a ConvLSTM")
+        kwargs = {k: v for k, v in kwargs.items() if k not in EXTRAPOLATION_UNUSED}
+        build = models.extrapolation_forecaster
     try:
-        return models.encoder_forecaster(frame_channels=1, compute_dtype=jnp.dtype(dtype) if dtype else None,
-                                         **kwargs)
+        return build(frame_channels=1, compute_dtype=jnp.dtype(dtype) if dtype else None, **kwargs)
     except (ValueError, TypeError) as err:  # a model.* value the model refuses: a config error, named
         raise ConfigError(f"config.model: {err}") from None
 
@@ -178,9 +192,10 @@ class MovingMNISTTask(_EncoderForecasterTask):
         del extras  # nothing is fitted: the generator is a pure function of the config
 
 
-def open_radar_dataset(data, reader: RadarContract) -> RadarDataset:
+def open_radar_dataset(data, reader: RadarContract, motion_method: str | None = None) -> RadarDataset:
     """The radar archive of ``config.data`` (``files`` absolute or relative to the data root), read
-    through ``reader`` (its importer, Z-R, downsampling; its pattern, step and J/K index the files)."""
+    through ``reader`` (its importer, Z-R, downsampling; its pattern, step and J/K index the files);
+    with ``motion_method`` batches also carry each window's motion and extrapolation."""
     files = [_data_path(f) for f in ([data.files] if isinstance(data.files, str) else data.files)]
     test, val = (tuple([e]) if isinstance(e, (int, str)) else tuple(e) for e in (data.test_events, data.val_events))
     return RadarDataset.open(
@@ -188,7 +203,8 @@ def open_radar_dataset(data, reader: RadarContract) -> RadarDataset:
         reader.output_steps, event_gap_minutes=float(data.event_gap_minutes),
         cache_dir=data.cache_dir or radar_cache_dir(), crop_size=parse_crop_size(data.crop_size),
         augment=bool(data.augment), min_rain_fraction=float(data.min_rain_fraction),
-        rain_threshold=float(data.rain_threshold), max_tries=int(data.max_tries), test_events=test, val_events=val)
+        rain_threshold=float(data.rain_threshold), max_tries=int(data.max_tries), test_events=test, val_events=val,
+        motion_method=motion_method)
 
 
 class RadarTask(_EncoderForecasterTask):
@@ -196,6 +212,7 @@ class RadarTask(_EncoderForecasterTask):
     event (centred ``contract.eval_crop``) for evaluation, all through :attr:`contract`."""
 
     source = "radar"
+    motion_method: str | None = None  # batches carry motion and extrapolation when set (subclass)
 
     def __init__(self, config):
         if config.loss.name not in RADAR_LOSSES:
@@ -203,13 +220,16 @@ class RadarTask(_EncoderForecasterTask):
         reader = reading_contract(config.data)  # what to read and how; the grid is measured through it
         try:
             get_importer(reader.importer)  # an unknown importer: now, not after "starting at step 0"
-            self.dataset = open_radar_dataset(config.data, reader)
+            self.dataset = open_radar_dataset(config.data, reader, self.motion_method)
         except FileNotFoundError as err:
             raise ConfigError(f"config.data.files: {err}") from None
         except ValueError as err:  # an unknown importer, fn_pattern or event selector
             raise ConfigError(f"config.data: {err}") from None
-        self.contract: RadarContract = fit_grid(reader, self.dataset.frame_shape(), config.data.eval_crop_size)
-        h, w = crop_shape(parse_crop_size(config.data.crop_size), self.contract.grid)
+        patch = int(config.model.get("patch_size", 1) or 1)
+        self.contract: RadarContract = fit_grid(reader, self.dataset.frame_shape(), config.data.eval_crop_size,
+                                                multiple=patch)
+        h, w = check_crop(config.data.crop_size, self.contract.grid, "data.crop_size",
+                          self.contract.downsample_factor, multiple=patch)
         super().__init__(config, (h, w, 1))
         self.residual = bool(config.model.get("residual", False))
 
@@ -217,7 +237,7 @@ class RadarTask(_EncoderForecasterTask):
         """Masked loss of ``loss.name`` on model units; aux ``mse_transformed`` (``key`` unused)."""
         del key
         cfg, targets, mask = self.config.loss, batch["targets"], batch["target_mask"]
-        pred, fn = self.raw_forecast(params, batch["inputs"]), RADAR_LOSSES[cfg.name]
+        pred, fn = self.forecast_batch(params, batch), RADAR_LOSSES[cfg.name]
         if cfg.name.startswith("balanced"):
             rain = self.contract.from_model_units(targets, jnp)
             loss = fn(pred, targets, rain, tuple(cfg.thresholds), tuple(cfg.weights), mask=mask,
@@ -226,9 +246,17 @@ class RadarTask(_EncoderForecasterTask):
             loss = fn(pred, targets, mask=mask, horizon_weights=self.horizon_weights)
         return loss, {"mse_transformed": losses.mse(pred, targets, mask=mask)}
 
+    def forecast_batch(self, params, batch: dict):
+        """The forecast of a model-unit batch, ``[B, K, H, W, 1]`` model units (what the loss scores)."""
+        return self.raw_forecast(params, batch["inputs"])
+
+    def model_batch(self, batch_mm_h: dict) -> dict:
+        """A mm/h batch of the dataset in model units (the contract's transform; masks unchanged)."""
+        return self.contract.model_batch(batch_mm_h)
+
     def train_batch(self, step: int, batch_size: int, seed: int) -> dict[str, np.ndarray]:
         """Random (rainy, augmented) crops of training windows in model units; pure in (seed, step)."""
-        return self.contract.model_batch(self.dataset.train_batch(int(step), int(batch_size), int(seed)))
+        return self.model_batch(self.dataset.train_batch(int(step), int(batch_size), int(seed)))
 
     def eval_windows(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Every window of ``split`` in time order, in mm/h, cut to ``contract.eval_crop``
@@ -237,7 +265,7 @@ class RadarTask(_EncoderForecasterTask):
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """:meth:`eval_windows` in model units."""
-        return (self.contract.model_batch(b) for b in self.eval_windows(split, batch_size))
+        return (self.model_batch(b) for b in self.eval_windows(split, batch_size))
 
     def state_extras(self) -> dict:
         """JSON-able: the fitted contract (``preprocess``)."""
@@ -263,12 +291,67 @@ class RadarTask(_EncoderForecasterTask):
         self.contract = dataclasses.replace(self.contract, transform=transform)
 
 
+class ExtrapolationTask(RadarTask):
+    """:class:`RadarTask` with the extrapolation-conditioned model (``model.kind="extrapolation"``).
+
+    Each window's motion is estimated on the full frame of its J inputs (``data.motion_method``,
+    pysteps LK by default) and its last input frame is extrapolated K steps on the full frame
+    (pysteps semi-Lagrangian), once per window and cached (:mod:`nowcast_jax.precip.motion`);
+    batches carry the crops of both. The model predicts the extrapolation (in model units) plus
+    a learned correction that starts at zero, so the untrained model is the extrapolation
+    nowcast. ``model.residual`` does not apply (the extrapolation is the residual's base).
+    Serving takes the motion as a second input and extrapolates inside the exported function
+    with :func:`nowcast_jax.advection.extrapolate` (:meth:`forecast_from_motion`).
+    """
+
+    def __init__(self, config):
+        self.motion_method = str(config.data.get("motion_method", "") or "LK")
+        from nowcast_jax.precip.motion import MOTION_METHODS
+
+        if self.motion_method not in MOTION_METHODS:
+            raise ConfigError(f"config.data.motion_method must be one of {MOTION_METHODS}; got {self.motion_method!r}")
+        super().__init__(config)
+        self.residual = False
+
+    def raw_forecast(self, params, inputs, extrapolation=None, valid=None):
+        """``inputs [B, J, H, W, 1]``, ``extrapolation [B, K, H, W, 1]`` (model units), ``valid``
+        (bool, same shape) -> ``[B, K, H, W, 1]`` model units."""
+        if extrapolation is None:
+            raise ValueError("the extrapolation model needs the extrapolated frames (or use forecast_from_motion)")
+        return self.model.apply(params, inputs, extrapolation, valid)
+
+    def forecast_batch(self, params, batch: dict):
+        return self.raw_forecast(params, batch["inputs"], batch["extrapolation"], batch["extrapolation_mask"])
+
+    def model_batch(self, batch_mm_h: dict) -> dict:
+        out = self.contract.model_batch(batch_mm_h)
+        out["extrapolation"] = self.contract.to_model_units(batch_mm_h["extrapolation"])
+        return out
+
+    def forecast_from_motion(self, params, rain_mm_h, motion):
+        """Serving's path, all in JAX: ``rain [B, J, H, W, 1]`` mm/h (NaN or inf = unobserved) and
+        ``motion [B, H, W, 2]`` -> ``[B, K, H, W, 1]`` mm/h. The last frame is extrapolated with
+        :func:`nowcast_jax.advection.extrapolate` (parity with pysteps' scheme is tested)."""
+        from nowcast_jax import advection
+
+        observed = jnp.isfinite(rain_mm_h)
+        rain = jnp.where(observed, jnp.maximum(rain_mm_h, 0.0), 0.0)
+        extrap, valid = advection.extrapolate(rain[:, -1], motion, self.output_frames, mask=observed[:, -1])
+        to_units = self.contract.to_model_units
+        out = self.raw_forecast(params, to_units(rain, jnp), to_units(extrap, jnp), valid)
+        return self.contract.from_model_units(out, jnp)
+
+
 TASKS = {task.source: task for task in (MovingMNISTTask, RadarTask)}
 
 
 def make_task(config) -> MovingMNISTTask | RadarTask:
-    """The task of ``config.data.source`` (``config.task = "precip"``): the one place the source is read."""
+    """The task of ``config.data.source`` (``config.task = "precip"``): the one place the source is read.
+
+    A radar config with ``model.kind="extrapolation"`` makes an :class:`ExtrapolationTask`."""
     task_class = TASKS.get(config.data.source)
     if task_class is None:
         raise ConfigError(f"config.data.source must be one of {sorted(TASKS)}; got {config.data.source!r}")
+    if task_class is RadarTask and config.model.get("kind", "") == "extrapolation":
+        task_class = ExtrapolationTask
     return task_class(config)

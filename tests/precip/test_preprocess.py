@@ -13,11 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nowcast_jax.engine import config as config_lib
 from nowcast_jax.engine.config import ConfigError
 from nowcast_jax.precip import archive, decode
 from nowcast_jax.precip import serve as precip_serve
 from nowcast_jax.precip import task as precip
-from nowcast_jax.precip.preprocess import RadarContract, fit_grid, make_transform, reading_contract
+from nowcast_jax.precip.preprocess import RadarContract, check_crop, fit_grid, make_transform, reading_contract
+from tests.precip.conftest import RADAR_CFG
+
+MCH_KWARGS = {"product": "AQC", "unit": "mm", "accutime": 5.0}  # what MeteoSwiss' AQC GIFs are read with
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +36,14 @@ def test_contract_is_fitted_frozen_and_round_trips(cropped_task):
     assert contract.grid == (80, 88) == cropped_task.dataset.frame_shape()  # 640x710 MeteoSwiss / 8
     assert contract.eval_crop == (48, 64) and contract.downsample_factor == 8 == data.downsample
     assert (contract.importer, contract.fn_pattern) == (data.importer, data.fn_pattern)
-    assert contract.importer_options == dict(data.importer_kwargs) and contract.zr_a is None is contract.zr_b
-    assert contract.importer_kwargs == tuple(sorted(dict(data.importer_kwargs).items()))  # hashable pairs
+    assert dict(data.importer_kwargs) == {}  # the config leaves the importer's defaults: recorded resolved
+    assert contract.importer_options == MCH_KWARGS and contract.zr_a is None is contract.zr_b
+    assert contract.importer_kwargs == tuple(sorted(MCH_KWARGS.items()))  # hashable pairs
     assert (contract.input_steps, contract.output_steps, contract.timestep_minutes) == (5, 10, 5.0)
     assert contract.transform == make_transform("log1p", 1.0)
     d = contract.to_dict()
     assert json.loads(json.dumps(d)) == d and RadarContract.from_dict(d) == contract
-    assert d["importer_kwargs"] == dict(data.importer_kwargs)
+    assert d["importer_kwargs"] == MCH_KWARGS
     assert hash(RadarContract.from_dict(d)) == hash(contract) and {contract: 1}[RadarContract.from_dict(d)] == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         contract.grid = (1, 1)
@@ -56,7 +61,7 @@ def test_contract_is_fitted_frozen_and_round_trips(cropped_task):
 def test_importer_kwargs_must_be_json_scalars_or_lists(cropped_task):
     data = cropped_task.config.data
     listed = reading_contract(_with(data, importer_kwargs={"product": "AQC", "levels": [1, 2]}))
-    assert listed.importer_options == {"levels": [1, 2], "product": "AQC"} and hash(listed)
+    assert listed.importer_options == {**MCH_KWARGS, "levels": [1, 2]} and hash(listed)  # over mch's defaults
     assert RadarContract.from_dict(listed.to_dict()) == listed
     for bad in ({"when": datetime(2020, 1, 1)}, {"nested": {"a": 1}}):
         with pytest.raises(ConfigError, match="data.importer_kwargs must hold"):
@@ -82,7 +87,7 @@ def test_zr_of_the_config_reaches_the_decoder_the_cache_key_and_the_contract(rad
         assert (task.contract.zr_a, task.contract.zr_b) == want
         event = task.dataset.events[1]  # the first training event: event 0 is the test event
         assert len(seen) == len(event.paths) and set(seen) == {want}
-        key = decode.cache_key(event.paths, "mch_gif", dict(task.config.data.importer_kwargs), downsample_factor=8,
+        key = decode.cache_key(event.paths, "mch_gif", MCH_KWARGS, downsample_factor=8,
                                zr_a=want[0], zr_b=want[1])
         assert [p.name for p in cache.iterdir()] == [f"radar-{key}.npy"]
 
@@ -96,7 +101,7 @@ def test_training_batches_are_the_contract_on_the_dataset_crops(radar_task):
     assert set(batch) == set(want)
     for k in batch:
         np.testing.assert_array_equal(batch[k], want[k])
-    j, kwargs = task.input_frames, dict(task.config.data.importer_kwargs)
+    j, kwargs = task.input_frames, MCH_KWARGS
     for i in range(size):
         spec = task.dataset.train_crop(seed, step * size + i)
         event, _ = task.dataset.windows[spec.window]
@@ -169,3 +174,69 @@ def test_crop_sizes_as_the_command_line_gives_them():
     for bad in ("x", (1, 2, 3), (-1, 4)):
         with pytest.raises(ConfigError, match="data.eval_crop_size"):
             parse_crop_size(bad, "data.eval_crop_size")
+
+
+def test_crops_that_do_not_fit_name_the_key_the_sizes_and_the_fix():
+    """A crop larger than the downsampled grid (or not a multiple of the patch) is one ConfigError line
+    naming the key, the crop, the grid, the downsampling and what fits; fitting crops come back as (h, w)."""
+    assert check_crop(32, (80, 88), "data.crop_size", 8) == (32, 32)
+    assert check_crop((0,), (80, 88), "data.eval_crop_size", 8, multiple=4) == (80, 88)  # 0 = the full frame
+    assert check_crop((40, 44), (40, 45), "data.eval_crop_size", multiple=4) == (40, 44)
+    with pytest.raises(ConfigError) as err:
+        check_crop((400, 400), (80, 88), "data.eval_crop_size", 8)
+    assert str(err.value) == ("data.eval_crop_size=(400,400) does not fit the frame: the files decode to 80x88 "
+                              "pixels after data.downsample=8; set data.eval_crop_size=0 (the full frame) or a "
+                              "size up to (80, 88)")
+    with pytest.raises(ConfigError, match=r"^data.crop_size=100 does not fit the frame: .* 64x64 pixels after "
+                                          r"data.downsample=8; set data.crop_size=0 \(the full frame\) or a size "
+                                          r"up to \(64, 64\)"):
+        check_crop(100, (64, 64), "data.crop_size", 8)
+    # with the patch known: the full frame 40x45 is no multiple of 4, so 0 is not offered
+    with pytest.raises(ConfigError, match=r"data.eval_crop_size=0: the full frame 40x45 is not a multiple of "
+                                          r"model.patch_size=4 .* set data.eval_crop_size=a size up to \(40, 44\)"):
+        check_crop(0, (40, 45), "data.eval_crop_size", 8, multiple=4)
+    with pytest.raises(ConfigError, match=r"data.crop_size=\(30,30\): 30x30 is not a multiple of model.patch_size=4"):
+        check_crop((30, 30), (80, 88), "data.crop_size", multiple=4)
+
+
+def test_an_evaluation_crop_that_does_not_fit_is_a_config_error_of_the_task(radar_config):
+    """``train --config configs/precip_radar.py:tiny --config.data.eval_crop_size='(400,400)'`` (MeteoSwiss
+    640x710 read at 1/8: 80x88) was a ValueError traceback from ``crop_shape``."""
+    with pytest.raises(ConfigError, match=r"^data.eval_crop_size=\(400,400\) does not fit the frame: the files "
+                                          r"decode to 80x88 pixels after data.downsample=8; set "
+                                          r"data.eval_crop_size=0 \(the full frame\)"):
+        precip.make_task(radar_config(**{"data.eval_crop_size": "(400,400)"}))
+
+
+def test_the_training_crop_that_does_not_fit_is_a_config_error_of_the_task(radar_config):
+    """``data.crop_size`` larger than the grid: the same one line (needs ``RadarTask.__init__`` to check the
+    training crop with ``check_crop(config.data.crop_size, grid, "data.crop_size", ...)``)."""
+    with pytest.raises(ConfigError, match=r"^data.crop_size=96 does not fit the frame: the files decode to "
+                                          r"80x88 pixels after data.downsample=8"):
+        precip.make_task(radar_config(**{"data.crop_size": 96, "data.eval_crop_size": 0}))
+
+
+def test_the_tiny_evaluation_crop_on_the_bom_archive_names_the_fix(radar_dir, tmp_path, capsys, monkeypatch):
+    """The BoM 512x512 archive with the tiny variant (80x88 evaluation crop, downsample 8 -> 64x64): one
+    ``error:`` line and exit 2 from the CLI, not a traceback; with ``data.eval_crop_size=0`` the task builds."""
+    from nowcast_jax import cli
+
+    bom = radar_dir / "bom" / "prcp-cscn" / "2" / "2018" / "06" / "16"
+    if not any(bom.glob("*.nc")):
+        pytest.skip(f"no BoM radar 2 files under {bom}")
+    pytest.importorskip("netCDF4", reason="the BoM importer needs netCDF4 (the radar extra)")
+    monkeypatch.setenv("NOWCAST_JAX_CACHE", str(tmp_path / "cache"))
+    args = ["--config.data.importer=bom_rf3", f"--config.data.files={bom}/*.nc",
+            "--config.data.fn_pattern=2_%Y%m%d_%H%M00.prcp-cscn", "--config.data.timestep_minutes=6",
+            "--config.data.test_events=()"]
+    code = cli.main(["train", "--config", RADAR_CFG + ":tiny", "--workdir", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: data.eval_crop_size=(80,88) does not fit the frame: the files decode to 64x64 "
+                          "pixels after data.downsample=8; set data.eval_crop_size=0 (the full frame) or a size "
+                          "up to (64, 64)"), err
+    config = config_lib.apply_overrides(config_lib.load_config(RADAR_CFG + ":tiny"),
+                                        [*args, "--config.data.eval_crop_size=0",
+                                         f"--config.data.cache_dir={tmp_path / 'cache'}"])
+    task = precip.make_task(config)
+    assert task.contract.grid == (64, 64) == task.contract.eval_crop and task.contract.importer_options == {}

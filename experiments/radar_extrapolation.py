@@ -1,0 +1,208 @@
+"""Evidence for issue 14: the extrapolation-conditioned ConvLSTM vs the paper's ConvLSTM, LK and persistence.
+
+    JAX_PLATFORMS=cpu python experiments/radar_extrapolation.py --workdir /tmp/radar_extrap
+
+Protocol (declared before scoring):
+
+* Training: both models on the MeteoSwiss events 2015-05-15 and 2016-07-11 only
+  (``configs/precip_radar_extrapolation.py:cpu`` and ``configs/precip_radar.py:cpu``, the same
+  data, crops, loss and optimiser; each capped at ``--max-minutes`` of wall clock), with a
+  checkpoint every ``--every`` steps, all kept.
+* Two unseen test events from two sources: MeteoSwiss 2017-01-31 and FMI 2017-05-09 (dBZ,
+  Z-R a = 223, b = 1.53, 2x downsampled like the training data). No training run reads them.
+* Checkpoint selection, leave-one-event-out: for each test event the OTHER test event is the
+  validation event; the candidates are every kept checkpoint (and, for the extrapolation
+  model, its untrained parameters, which are exactly the extrapolation nowcast); the one
+  with the highest validation score wins, where the score is the mean over leads 1-10 of
+  CSI at 0.5, 2 and 5 mm/h (averaged over the three thresholds). The latest checkpoint
+  (what ``nowcast-jax train`` of the recipe leaves) is scored too.
+* Scores on every window of the test event, centred 320 x 352 crop (2 km), on the same
+  pixels for every forecaster (target observed and last input observed): CSI, POD, FAR at
+  0.5 / 2 / 5 mm/h, FSS at 2 mm/h over 8 km (4 px), MSE and MAE in mm/h, mean rain area
+  (fraction >= 0.5 mm/h) and mean rain rate next to the observed ones.
+
+Writes ``WORKDIR/results.json`` and prints Markdown tables. ``--skip-train`` re-scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+
+from nowcast_jax import metrics  # noqa: E402
+from nowcast_jax.engine import config as config_lib  # noqa: E402
+from nowcast_jax.engine import loop, workdir as workdir_lib  # noqa: E402
+from nowcast_jax.precip import evaluate as precip_evaluate  # noqa: E402
+from nowcast_jax.precip import task as precip  # noqa: E402
+
+RUNS = {"extrapolation": "configs/precip_radar_extrapolation.py:cpu", "convlstm": "configs/precip_radar.py:cpu"}
+ARCHIVES = {
+    "mch": dict(files="radar/mch/*/*.gif", fn_pattern="AQC%y%j%H%M?_00005.801", importer="mch_gif",
+                importer_kwargs=dict(product="AQC", unit="mm", accutime=5.0), zr_a=0.0, zr_b=0.0),
+    "fmi": dict(files="radar/fmi/20170509/*.pgm.gz", fn_pattern="%Y%m%d%H%M_fmi.radar.composite.lowest_FIN_SUOMI1",
+                importer="fmi_pgm", importer_kwargs=dict(gzipped=True), zr_a=223.0, zr_b=1.53),
+}
+EVENTS = {"mch_20170131": ("mch", "20170131"), "fmi_20170509": ("fmi", "20170509")}
+VALIDATES = {"mch_20170131": "fmi_20170509", "fmi_20170509": "mch_20170131"}  # test event -> its validation event
+THRESHOLDS = (0.5, 2.0, 5.0)
+
+
+def event_config(stored, event: str):
+    """The stored run config reading one event of another (or the same) archive as its test split."""
+    archive, event_id = EVENTS[event]
+    config = config_lib.copy_config(stored)
+    for key, value in ARCHIVES[archive].items():
+        config.data[key] = value
+    config.data.test_events = (event_id,)
+    config.data.val_events = ()
+    config.eval.thresholds = THRESHOLDS
+    config.eval.fss_scales = (4,)
+    return config
+
+
+def train(run: str, workdir: Path, max_minutes: float, every: int, variant: str) -> dict:
+    config = config_lib.load_config(str(REPO / RUNS[run]).replace(":cpu", f":{variant}"))
+    config.checkpoint.every_steps = every
+    config.checkpoint.max_to_keep = 1000
+    task = precip.make_task(config)
+    timer = threading.Timer(60 * max_minutes, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.daemon = True
+    t0 = time.time()
+    timer.start()
+    result = loop.train(config, workdir, task)
+    timer.cancel()
+    seconds = time.time() - t0
+    print(f"[{run}] trained {result.step} steps in {seconds:.0f}s ({result.reason})", flush=True)
+    return {"steps": int(result.step), "train_seconds": seconds, "reason": str(result.reason)}
+
+
+def candidates(run: str, workdir: Path) -> list[int]:
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    return ([0] if run == "extrapolation" else []) + [s for s in steps if s > 0]
+
+
+def params_at(task, config, workdir: Path, step: int, stored):
+    if step == 0:  # the untrained model (the extrapolation model's correction is exactly zero)
+        return task.init_params(jax.random.PRNGKey(int(config.seed)))
+    _, params = workdir_lib.restore_params(config, workdir, task, step, train_config=stored.train)
+    return params
+
+
+def selection_score(task, params) -> float:
+    """Mean over leads and the three thresholds of the model's CSI on the task's test split."""
+    verifier = metrics.make_verifier(THRESHOLDS)
+    forecast = jax.jit(task.forecast_batch)
+    acc = verifier.init(task.output_frames)
+    for batch in task.eval_windows("test", 4):
+        units = task.model_batch(batch)
+        units = {k: units[k] for k in precip_evaluate.FORECAST_KEYS if k in units}
+        pred = task.contract.from_model_units(np.asarray(forecast(params, units)))
+        acc = verifier.update(acc, pred, batch["targets"], batch["target_mask"] & batch["input_mask"][:, -1:])
+    return float(np.nanmean(verifier.compute(acc)["csi"]))
+
+
+def summary(scores: dict) -> dict:
+    """Means over leads 1-10 of the headline scores of one forecaster."""
+    out = {}
+    for name in [f"csi_{t}" for t in THRESHOLDS] + ["fss_2.0_4", "mse", "mae", "rain_area", "mean_rain"]:
+        if name in scores:
+            out[name] = float(np.nanmean(np.asarray(scores[name], float)))
+    return out
+
+
+def table(rows: dict, names: list[str]) -> str:
+    head = "| forecaster | " + " | ".join(names) + " |"
+    lines = [head, "|---" * (len(names) + 1) + "|"]
+    for forecaster, scores in rows.items():
+        lines.append(f"| {forecaster} | " + " | ".join(f"{scores.get(n, float('nan')):.3f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def lead_table(rows: dict, score: str) -> str:
+    k = len(next(iter(rows.values()))[score])
+    head = "| forecaster | " + " | ".join(f"+{5 * (i + 1)} min" for i in range(k)) + " | mean |"
+    lines = [head, "|---" * (k + 2) + "|"]
+    for forecaster, scores in rows.items():
+        v = np.asarray(scores[score], float)
+        lines.append(f"| {forecaster} | " + " | ".join(f"{x:.3f}" for x in v) + f" | {np.nanmean(v):.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/radar_extrapolation"))
+    p.add_argument("--max-minutes", type=float, default=25.0, help="wall-clock cap on each training run")
+    p.add_argument("--every", type=int, default=200, help="checkpoint every N steps (all kept: the candidates)")
+    p.add_argument("--runs", default="extrapolation,convlstm")
+    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--variant", default="cpu", help="config variant of both runs (tiny: a smoke test)")
+    args = p.parse_args(argv)
+    runs = [r for r in args.runs.split(",") if r]
+    results = {"protocol": __doc__, "runs": {}, "events": {}}
+    for run in runs:
+        workdir = args.workdir / run
+        if not args.skip_train:
+            results["runs"][run] = train(run, workdir, args.max_minutes, args.every, args.variant)
+    for test_event, val_event in VALIDATES.items():
+        rows, per_lead, chosen = {}, {}, {}
+        for run in runs:
+            workdir = args.workdir / run
+            stored = workdir_lib.stored_config(workdir)
+            val_config = event_config(stored, val_event)
+            val_task = precip.make_task(val_config)
+            t0 = time.time()
+            scored = {s: selection_score(val_task, params_at(val_task, val_config, workdir, s, stored))
+                      for s in candidates(run, workdir)}
+            best = max(scored, key=scored.get)
+            latest = max(scored)
+            chosen[run] = {"validation_event": val_event, "validation_scores": scored, "selected_step": best,
+                           "latest_step": latest, "selection_seconds": time.time() - t0}
+            print(f"[{run}] validation on {val_event}: {scored} -> step {best}", flush=True)
+            test_config = event_config(stored, test_event)
+            test_task = precip.make_task(test_config)
+            for label, step in (("selected", best), ("latest", latest)):
+                if label == "latest" and step == best:
+                    scores = per_lead[f"{run} (selected)"]
+                else:
+                    params = params_at(test_task, test_config, workdir, step, stored)
+                    out_dir = args.workdir / "eval" / test_event / f"{run}_{label}"
+                    scores = precip_evaluate.score_radar(test_task, params, "test", out_dir=out_dir)
+                name = "extrapolation_convlstm" if run == "extrapolation" else "convlstm_paper"
+                per_lead[f"{run} ({label})"] = scores["model"] if "model" in scores else scores
+                rows[f"{name} ({label}, step {step})"] = summary(per_lead[f"{run} ({label})"])
+                if label == "selected":
+                    for base in ("extrapolation", "optical_flow", "persistence", "observed"):
+                        if base in scores and base not in per_lead:
+                            per_lead[base] = scores[base]
+                            rows[{"optical_flow": "pysteps LK", "extrapolation": "extrapolation (model's motion)"}
+                                 .get(base, base)] = summary(scores[base])
+                    results["events"].setdefault(test_event, {})["windows"] = scores["windows"]
+        results["events"].setdefault(test_event, {}).update(selection=chosen, summary=rows, per_lead=per_lead)
+        names = [f"csi_{t}" for t in THRESHOLDS] + ["fss_2.0_4", "mse", "mae", "rain_area", "mean_rain"]
+        print(f"\n### test event {test_event} (validation {val_event}), "
+              f"{results['events'][test_event]['windows']} windows, means over leads 1-10\n")
+        print(table(rows, names))
+        for score in ("csi_0.5", "csi_5.0", "mse"):
+            print(f"\n{score} by lead\n")
+            print(lead_table({k: v for k, v in per_lead.items() if score in v}, score))
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    (args.workdir / "results.json").write_text(json.dumps(metrics.json_safe(results), indent=2))
+    print(f"\nwrote {args.workdir / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

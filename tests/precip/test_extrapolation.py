@@ -1,0 +1,133 @@
+"""The extrapolation-conditioned radar task (``model.kind="extrapolation"``) on the real MeteoSwiss
+files: batches carry crops of full-frame motion and extrapolation, the untrained model is the
+extrapolation nowcast, serving (JAX advection) matches training (pysteps), export and predict
+take the motion as a second input."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("pysteps")
+
+from nowcast_jax import artifact  # noqa: E402
+from nowcast_jax.engine import config as config_lib  # noqa: E402
+from nowcast_jax.engine import export  # noqa: E402
+from nowcast_jax.precip import motion as motion_lib  # noqa: E402
+from nowcast_jax.precip import serve as precip_serve  # noqa: E402
+from nowcast_jax.precip import task as precip  # noqa: E402
+from nowcast_jax.precip.dataset import augment  # noqa: E402
+from nowcast_jax.precip.decode import observed_rain  # noqa: E402
+from tests.engine_utils import REPO  # noqa: E402
+
+EXTRAP_CFG = str(REPO / "configs" / "precip_radar_extrapolation.py")
+
+
+@pytest.fixture(scope="module")
+def extrap_task(radar_dir, radar_cache):
+    c = config_lib.load_config(EXTRAP_CFG + ":tiny")
+    c.data.files = str(radar_dir / "mch" / "*" / "*.gif")
+    c.data.cache_dir = str(radar_cache)
+    task = precip.make_task(c)
+    assert isinstance(task, precip.ExtrapolationTask) and task.motion_method == "LK"
+    return task
+
+
+def _trained_like(task, seed=0):
+    """Parameters whose correction is not zero (the head drawn at random), as after training."""
+    params = task.init_params(jax.random.PRNGKey(seed))
+    w = params["head"]["w"]
+    params["head"] = {"w": 0.05 * jax.random.normal(jax.random.PRNGKey(seed + 1), w.shape), "b": params["head"]["b"]}
+    return params
+
+
+def test_training_crops_are_crops_of_the_full_frame_motion_and_extrapolation(extrap_task):
+    task, seed = extrap_task, 3
+    batch = task.train_batch(0, 2, seed)
+    b, k, h, w = 2, task.output_frames, task.frame_shape[0], task.frame_shape[1]
+    assert batch["motion"].shape == (b, h, w, 2) and batch["extrapolation"].shape == (b, k, h, w, 1)
+    assert batch["extrapolation_mask"].dtype == bool
+    entered = 0
+    for i in range(b):
+        c = task.dataset.train_crop(seed, i)
+        full_motion, full_extrap = task.dataset.window_motion(c.window)
+        crop = (slice(c.y, c.y + h), slice(c.x, c.x + w))
+        want_motion = motion_lib.augment_motion(full_motion[crop], c.rot90, c.flip)
+        want_extrap, want_valid = observed_rain(augment(np.asarray(full_extrap[(slice(None), *crop)]), c.rot90, c.flip))
+        np.testing.assert_array_equal(batch["motion"][i], want_motion)
+        np.testing.assert_array_equal(batch["extrapolation"][i, ..., 0], task.contract.to_model_units(want_extrap))
+        np.testing.assert_array_equal(batch["extrapolation_mask"][i, ..., 0], want_valid)
+        # extrapolating the crop alone would lose what the motion carries in from outside it
+        last = task.dataset.window_rain(c.window, c.y, c.x, (h, w))[task.input_frames - 1]
+        alone = motion_lib.extrapolate_frames(last, full_motion[crop], k)
+        entered += int((~np.isfinite(alone) & np.isfinite(np.asarray(full_extrap[(slice(None), *crop)]))).sum())
+    assert entered > 0
+
+
+def test_untrained_model_is_the_extrapolation_nowcast(extrap_task):
+    params = extrap_task.init_params(jax.random.PRNGKey(0))
+    batch = next(extrap_task.eval_batches("test", 2))
+    got = np.asarray(jax.jit(extrap_task.forecast_batch)(params, batch))
+    np.testing.assert_array_equal(got, batch["extrapolation"])
+    loss, aux = extrap_task.loss_fn(params, extrap_task.train_batch(0, 2, 0), None)
+    assert np.isfinite(float(loss)) and np.isfinite(float(aux["mse_transformed"]))
+
+
+def test_serving_path_in_jax_matches_the_training_path(extrap_task):
+    """``forecast_from_motion`` (JAX advection inside) = the model on pysteps' extrapolation, full frame."""
+    task = extrap_task
+    params = _trained_like(task)
+    batch_mm = next(task.eval_windows("test", 2))
+    assert batch_mm["inputs"].shape[2:4] == task.contract.grid  # the tiny evaluation crop is the whole frame
+    rain = np.where(batch_mm["input_mask"], batch_mm["inputs"], np.nan)
+    served = np.asarray(jax.jit(task.forecast_from_motion)(params, rain, batch_mm["motion"]))
+    trained = task.contract.from_model_units(np.asarray(task.forecast_batch(params, task.model_batch(batch_mm))))
+    np.testing.assert_allclose(served, trained, rtol=1e-3, atol=1e-3)
+
+
+def test_export_takes_rain_and_motion_and_predict_estimates_the_motion(extrap_task, radar_dir, tmp_path):
+    task = extrap_task
+    params = _trained_like(task)
+    path = export.export_task(precip_serve.export_spec, task, params, tmp_path / "extrap.jaxexport")
+    forecast, sidecar = artifact.load_artifact(path)
+    h, w = task.contract.eval_crop
+    assert [s["name"] for s in sidecar["inputs"]] == ["rain", "motion"]
+    assert sidecar["inputs"][1]["shape"] == ["b", h, w, 2] and sidecar["motion"]["method"] == "LK"
+    with pytest.raises(artifact.ArtifactError, match="takes 2 input"):
+        forecast(np.zeros((1, task.input_frames, h, w, 1), np.float32))
+    folder = sorted(p for p in (radar_dir / "mch").iterdir() if p.is_dir())[0]
+    written = precip_serve.forecast_radar(forecast, sidecar, folder, tmp_path / "f.npz", png=False)
+    out = np.load(written[0])["forecast_mm_h"]
+    _, rain, _ = precip_serve.forecaster_inputs(task.contract, folder)
+    motion = motion_lib.estimate_motion(rain)
+    want = np.asarray(jax.jit(task.forecast_from_motion)(params, rain[None, ..., None], motion[None]))[0, ..., 0]
+    want = np.where(np.isnan(rain[-1]), np.nan, want)
+    assert out.shape == (task.output_frames, h, w)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4, equal_nan=True)
+    # the untrained forecaster is the extrapolation of the last frame along that motion
+    zero = export.export_task(precip_serve.export_spec, task, task.init_params(jax.random.PRNGKey(0)),
+                              tmp_path / "zero.jaxexport")
+    plain, _ = artifact.load_artifact(zero)
+    got = np.asarray(plain(rain[None, ..., None], motion[None]))[0, ..., 0]
+    ref = motion_lib.extrapolate_frames(rain[-1], motion, task.output_frames)
+    np.testing.assert_allclose(np.where(np.isfinite(ref), got, np.nan), ref, rtol=1e-3, atol=1e-3, equal_nan=True)
+
+
+def test_cli_train_evaluate_export_predict_with_the_extrapolation_model(radar_dir, radar_cache, tmp_path):
+    from tests.engine_utils import run_cli
+
+    work, data = tmp_path / "run", [f"--config.data.files={radar_dir / 'mch' / '*' / '*.gif'}",
+                                    f"--config.data.cache_dir={radar_cache}"]
+    done = run_cli("train", "--config", EXTRAP_CFG + ":tiny", "--workdir", work, *data, timeout=300)
+    assert done.returncode == 0, done.stderr
+    done = run_cli("evaluate", "--workdir", work, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "extrapolation" in done.stdout and "optical_flow" in done.stdout and "fss_2.0_4" in done.stdout
+    done = run_cli("export", "--workdir", work, "--out", tmp_path / "f.jaxexport", timeout=300)
+    assert done.returncode == 0, done.stderr
+    folder = sorted(p for p in (radar_dir / "mch").iterdir() if p.is_dir())[0]
+    done = run_cli("predict", "--artifact", tmp_path / "f.jaxexport", "--input", folder, "--out", tmp_path / "p.npz",
+                   "--no-png", timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert np.isfinite(np.load(tmp_path / "p.npz")["forecast_mm_h"]).any()
