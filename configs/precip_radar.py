@@ -11,7 +11,8 @@ quarter turns, balanced MSE (HKO-7 weights) on log1p rain, masked outside the ra
 Pointing it at another archive: ``data.importer`` (pysteps name, e.g. ``bom_rf3``),
 ``data.importer_kwargs`` (empty = that importer's defaults, ``decode.IMPORTER_DEFAULTS``; given
 keys are merged over them, so switching the importer never carries another's arguments along;
-set the whole dict, e.g. ``--config.data.importer_kwargs="{'product': 'RZC'}"``),
+set the whole dict, e.g. ``--config.data.importer_kwargs="{'product': 'RZC', 'unit': 'mm/h',
+'accutime': 5.0}"``: MeteoSwiss needs product, unit and accutime together),
 ``data.files`` (glob), ``data.fn_pattern`` (pysteps archive pattern), ``data.input_frames``,
 ``data.output_frames``,
 ``data.downsample``, ``data.crop_size``, ``data.eval_crop_size`` (0 = full frame; both must

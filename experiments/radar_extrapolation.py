@@ -15,8 +15,13 @@ Protocol (declared before scoring):
   model, its untrained parameters, which are exactly the extrapolation nowcast); the one
   with the highest validation score wins, where the score is the mean over leads 1-10 of
   CSI at 0.5, 2 and 5 mm/h (averaged over the three thresholds). The latest checkpoint
-  (what ``nowcast-jax train`` of the recipe leaves) is scored too.
-* Scores on every window of the test event, centred 320 x 352 crop (2 km), on the same
+  (the last one the capped run wrote) is scored too.
+* Baselines: persistence; pysteps LK + semi-Lagrangian on the full frame, cropped (the
+  extrapolation the model corrects); and the same on the scored crop only (the evaluation's
+  ``optical_flow``). Motion and extrapolation of every training window are prepared before
+  the training clock starts (timed separately).
+* Scores on every window of the test event, centred crop of (almost) the whole 2 km frame
+  (MeteoSwiss 320 x 352 of 320 x 355, FMI 612 x 380 of 613 x 380), on the same
   pixels for every forecaster (target observed and last input observed): CSI, POD, FAR at
   0.5 / 2 / 5 mm/h, FSS at 2 mm/h over 8 km (4 px), MSE and MAE in mm/h, mean rain area
   (fraction >= 0.5 mm/h) and mean rain rate next to the observed ones.
@@ -55,9 +60,15 @@ ARCHIVES = {
     "fmi": dict(files="radar/fmi/20170509/*.pgm.gz", fn_pattern="%Y%m%d%H%M_fmi.radar.composite.lowest_FIN_SUOMI1",
                 importer="fmi_pgm", importer_kwargs=dict(gzipped=True), zr_a=223.0, zr_b=1.53),
 }
+# The scored crop: MeteoSwiss 320 x 352 of its 320 x 355 frame (the recipe's), FMI 612 x 380 of its 613 x 380 frame
+# (multiples of the 4x4 patch), so that every forecaster, LK on the crop included, sees (almost) the whole domain.
+EVAL_CROPS = {"mch": (320, 352), "fmi": (612, 380)}
 EVENTS = {"mch_20170131": ("mch", "20170131"), "fmi_20170509": ("fmi", "20170509")}
 VALIDATES = {"mch_20170131": "fmi_20170509", "fmi_20170509": "mch_20170131"}  # test event -> its validation event
 THRESHOLDS = (0.5, 2.0, 5.0)
+# "extrapolation" is pysteps LK + semi-Lagrangian on the FULL frame, cropped (what the model corrects);
+# "optical_flow" is the same method run on the scored crop only (nowcast_jax.baselines.optical_flow).
+BASELINE_NAMES = {"extrapolation": "pysteps LK (full frame)", "optical_flow": "pysteps LK (on the crop)"}
 
 
 def event_config(stored, event: str):
@@ -68,6 +79,7 @@ def event_config(stored, event: str):
         config.data[key] = value
     config.data.test_events = (event_id,)
     config.data.val_events = ()
+    config.data.eval_crop_size = EVAL_CROPS[archive]
     config.eval.thresholds = THRESHOLDS
     config.eval.fss_scales = (4,)
     return config
@@ -78,6 +90,11 @@ def train(run: str, workdir: Path, max_minutes: float, every: int, variant: str)
     config.checkpoint.every_steps = every
     config.checkpoint.max_to_keep = 1000
     task = precip.make_task(config)
+    t0 = time.time()
+    if task.motion_method:  # motion and extrapolation of every training window, once (cached): data preparation
+        for window in task.dataset.splits["train"]:
+            task.dataset.window_motion(int(window))
+    prep = time.time() - t0
     timer = threading.Timer(60 * max_minutes, lambda: os.kill(os.getpid(), signal.SIGTERM))
     timer.daemon = True
     t0 = time.time()
@@ -85,8 +102,11 @@ def train(run: str, workdir: Path, max_minutes: float, every: int, variant: str)
     result = loop.train(config, workdir, task)
     timer.cancel()
     seconds = time.time() - t0
-    print(f"[{run}] trained {result.step} steps in {seconds:.0f}s ({result.reason})", flush=True)
-    return {"steps": int(result.step), "train_seconds": seconds, "reason": str(result.reason)}
+    print(f"[{run}] motion prepared in {prep:.0f}s; trained {result.step} steps in {seconds:.0f}s ({result.reason})",
+          flush=True)
+    info = {"steps": int(result.step), "prepare_seconds": prep, "train_seconds": seconds, "reason": str(result.reason)}
+    (workdir / "run.json").write_text(json.dumps(info))
+    return info
 
 
 def candidates(run: str, workdir: Path) -> list[int]:
@@ -101,10 +121,10 @@ def params_at(task, config, workdir: Path, step: int, stored):
     return params
 
 
-def selection_score(task, params) -> float:
-    """Mean over leads and the three thresholds of the model's CSI on the task's test split."""
+def selection_score(task, forecast, params) -> float:
+    """Mean over leads and the three thresholds of the model's CSI on the task's test split
+    (``forecast``: the jitted ``task.forecast_batch``)."""
     verifier = metrics.make_verifier(THRESHOLDS)
-    forecast = jax.jit(task.forecast_batch)
     acc = verifier.init(task.output_frames)
     for batch in task.eval_windows("test", 4):
         units = task.model_batch(batch)
@@ -156,6 +176,8 @@ def main(argv=None) -> int:
         workdir = args.workdir / run
         if not args.skip_train:
             results["runs"][run] = train(run, workdir, args.max_minutes, args.every, args.variant)
+        elif (workdir / "run.json").is_file():
+            results["runs"][run] = json.loads((workdir / "run.json").read_text())
     for test_event, val_event in VALIDATES.items():
         rows, per_lead, chosen = {}, {}, {}
         for run in runs:
@@ -164,7 +186,8 @@ def main(argv=None) -> int:
             val_config = event_config(stored, val_event)
             val_task = precip.make_task(val_config)
             t0 = time.time()
-            scored = {s: selection_score(val_task, params_at(val_task, val_config, workdir, s, stored))
+            forecast = jax.jit(val_task.forecast_batch)
+            scored = {s: selection_score(val_task, forecast, params_at(val_task, val_config, workdir, s, stored))
                       for s in candidates(run, workdir)}
             best = max(scored, key=scored.get)
             latest = max(scored)
@@ -187,8 +210,7 @@ def main(argv=None) -> int:
                     for base in ("extrapolation", "optical_flow", "persistence", "observed"):
                         if base in scores and base not in per_lead:
                             per_lead[base] = scores[base]
-                            rows[{"optical_flow": "pysteps LK", "extrapolation": "extrapolation (model's motion)"}
-                                 .get(base, base)] = summary(scores[base])
+                            rows[BASELINE_NAMES.get(base, base)] = summary(scores[base])
                     results["events"].setdefault(test_event, {})["windows"] = scores["windows"]
         results["events"].setdefault(test_event, {}).update(selection=chosen, summary=rows, per_lead=per_lead)
         names = [f"csi_{t}" for t in THRESHOLDS] + ["fss_2.0_4", "mse", "mae", "rain_area", "mean_rain"]

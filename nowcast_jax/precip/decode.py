@@ -79,6 +79,11 @@ IMPORTER_DEFAULTS: dict[str, dict] = {
 }
 
 
+# Arguments that only make sense together: one given without the others would be merged with
+# defaults of another product (MeteoSwiss: a rate product with accutime=5 reads as 12x the rain).
+IMPORTER_TOGETHER: dict[str, tuple[str, ...]] = {"mch_gif": ("product", "unit", "accutime")}
+
+
 def resolve_importer_kwargs(importer: str | Importer, importer_kwargs=None) -> dict:
     """The keyword arguments ``importer`` is called with: its :data:`IMPORTER_DEFAULTS`
     (``{}`` for an importer not listed or a callable) with ``importer_kwargs`` (the user's,
@@ -87,6 +92,11 @@ def resolve_importer_kwargs(importer: str | Importer, importer_kwargs=None) -> d
     So switching ``data.importer`` never carries another importer's arguments along."""
     defaults = {} if callable(importer) else IMPORTER_DEFAULTS.get(str(importer), {})
     given = importer_kwargs.to_dict() if hasattr(importer_kwargs, "to_dict") else dict(importer_kwargs or {})
+    together = () if callable(importer) else IMPORTER_TOGETHER.get(str(importer), ())
+    if any(k in given for k in together) and not all(k in given for k in together):
+        raise ValueError(f"importer {importer!r} needs {', '.join(together)} together (they describe one product; "
+                         f"got {sorted(given)}): give all three, e.g. {{'product': 'RZC', 'unit': 'mm/h', "
+                         "'accutime': 5.0}, or none for the AQC defaults")
     return {**defaults, **given}
 
 

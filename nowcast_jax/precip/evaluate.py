@@ -7,7 +7,11 @@ same pixels: ``target_mask`` (radar observed the target) AND the mask of the las
 frame (a forecaster could start from there), in mm/h, with the streaming verifier of
 :mod:`nowcast_jax.metrics` (event ``>=`` threshold). The model sees the windows through the
 task's fitted contract (mm/h -> model units -> forecast -> mm/h). Optical flow is pysteps
-LK + semi-Lagrangian extrapolation on the mm/h inputs (NaN outside the domain).
+LK + semi-Lagrangian extrapolation on the mm/h inputs (NaN outside the domain). The
+extrapolation model adds ``extrapolation``: pysteps' extrapolation of the full frame along the
+model's own motion, cropped (what the model corrects). With ``eval.fss_scales`` (pixels of the
+downsampled grid) the FSS; ``rain_area`` / ``mean_rain`` per lead for every forecaster and the
+observations (``observed``), to see blurring and lost intensity.
 
 Moving MNIST (:func:`score_moving_mnist`): cross-entropy per 10-frame sequence (the paper's
 Table 1 number) and MSE per lead on probabilities; persistence as a probability clipped to

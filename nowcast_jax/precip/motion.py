@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,6 @@ def extrapolate_frames(last_mm_h: np.ndarray, motion: np.ndarray, steps: int) ->
 
     The field is advected with NaN as 0 mm/h and 0 entering from outside the grid; the domain
     mask is advected the same way and pixels where it is < 0.5 are NaN (not valid).
-    Negative values from interpolation are clipped to 0.
     """
     from pysteps import extrapolation
 
@@ -73,7 +73,7 @@ def extrapolate_frames(last_mm_h: np.ndarray, motion: np.ndarray, steps: int) ->
     extrapolate = extrapolation.get_method("semilagrangian")
     rain = extrapolate(np.where(observed, last, 0.0), velocity, int(steps), outval=0.0)
     valid = extrapolate(observed.astype(np.float64), velocity, int(steps), outval=0.0) >= 0.5
-    return np.where(valid, np.maximum(rain, 0.0), np.nan).astype(np.float32)
+    return np.where(valid, rain, np.nan).astype(np.float32)
 
 
 def augment_motion(motion: np.ndarray, rot90: int, flip: bool) -> np.ndarray:
@@ -96,8 +96,8 @@ def _cache_key(rain: np.ndarray, window_frames: np.ndarray, input_frames: int, o
                method: str) -> str:
     digest = hashlib.sha256()
     digest.update(f"v{MOTION_VERSION}|{method}|{input_frames}|{output_frames}|{rain.shape}".encode())
-    digest.update(np.ascontiguousarray(window_frames, np.int64).tobytes())
-    digest.update(np.ascontiguousarray(rain, np.float32).tobytes())
+    digest.update(memoryview(np.ascontiguousarray(window_frames, np.int64)))
+    digest.update(memoryview(np.ascontiguousarray(rain, np.float32)))  # no copy of a float32 event (the cache's)
     return digest.hexdigest()[:32]
 
 
@@ -127,10 +127,12 @@ def event_motion(rain: np.ndarray, window_frames: np.ndarray, input_frames: int,
     shape = rain.shape[1:]
     motion = np.stack(motions) if motions else np.zeros((0, *shape, 2), np.float32)
     extrap = np.stack(extrapolations) if extrapolations else np.zeros((0, output_frames, *shape), np.float32)
-    if paths is not None:
-        paths[0].parent.mkdir(parents=True, exist_ok=True)
-        for path, array in zip(paths, (motion, extrap)):
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-            np.save(tmp, array)
-            os.replace(tmp, path)
-    return motion, extrap
+    if paths is None:
+        return motion, extrap
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    for path, array in zip(paths, (motion, extrap)):
+        tmp = path.with_name(f"{path.stem}.{uuid.uuid4().hex}.tmp.npy")  # unique across hosts sharing the cache
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    del motion, extrap  # what the dataset keeps is the memory-mapped file, not these arrays
+    return np.load(paths[0], mmap_mode="r"), np.load(paths[1], mmap_mode="r")

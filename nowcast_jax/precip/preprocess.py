@@ -355,7 +355,10 @@ def _checked_kwargs(importer, kwargs) -> tuple[tuple[str, Any], ...]:
     """``data.importer_kwargs`` over the importer's defaults, frozen, or a :class:`ConfigError`
     naming the value JSON or hashing refuses."""
     given = dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs or {})
-    kwargs = decode.resolve_importer_kwargs(str(importer), given)
+    try:
+        kwargs = decode.resolve_importer_kwargs(str(importer), given)
+    except ValueError as err:
+        raise ConfigError(f"data.importer_kwargs: {err}") from None
     try:
         frozen = _freeze_kwargs(kwargs)
         json.dumps(kwargs)

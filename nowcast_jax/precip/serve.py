@@ -5,11 +5,12 @@ the domain) -> ``[b, K, h, w, 1]`` mm/h with the contract's rain transform baked
 sidecar holding the contract (``preprocess``); Moving MNIST: frames in [0, 1] -> pixel
 probabilities.
 
-The extrapolation model (``model.kind="extrapolation"``) exports ``(rain [b, J, h, w, 1] mm/h with NaN
-outside the domain, motion [b, h, w, 2] pixels per step, x then y)`` -> ``[b, K, h, w, 1]`` mm/h;
-the sidecar's ``motion`` names the method, and :func:`forecast_radar` estimates the motion from
-the J frames it reads (:func:`nowcast_jax.precip.motion.estimate_motion`, on the forecaster's crop)
-before calling it.
+The extrapolation model (``model.kind="extrapolation"``) exports, on the full downsampled grid
+``(H0, W0)`` as in training, ``(rain [b, J, H0, W0, 1] mm/h with NaN outside the domain,
+motion [b, H0, W0, 2] pixels per step, x then y)`` -> the centre crop ``[b, K, h, w, 1]`` mm/h;
+the sidecar's ``motion`` names the method, and :func:`forecast_radar` estimates the motion
+from the J full frames it reads (:func:`nowcast_jax.precip.motion.estimate_motion`) before
+calling it.
 
 :func:`forecast_radar` (``nowcast-jax predict``): the last ``J`` frames of a folder of radar
 files (or an ``.npz`` holding ``rain_mm_h [T, H0, W0]`` on the downsampled grid and optionally
@@ -74,14 +75,18 @@ def _radar_export_spec(task, params):
     return fn, export.batch_specs((frames, "float32")), sidecar
 
 
-MOTION_INPUT = {"name": "motion", "units": "pixels per time step",
-                "layout": "[b, h, w, 2]: component 0 = x (along w), 1 = y (along h); pysteps' velocity[0], "
-                          "velocity[1] moved to the last axis"}
+def _motion_input(contract: RadarContract) -> dict:
+    return {"name": "motion", "units": f"pixels of the downsampled grid (factor {contract.downsample_factor}) "
+                                       f"per time step ({contract.timestep_minutes:g} min)",
+            "layout": "[b, H0, W0, 2] on the full grid: component 0 = x (along W), 1 = y (along H); pysteps' "
+                      "velocity[0], velocity[1] moved to the last axis"}
 
 
 def _extrapolation_export_spec(task, params):
-    """Radar with the extrapolation model: ``(rain [b, J, h, w, 1] mm/h, motion [b, h, w, 2])`` ->
-    ``[b, K, h, w, 1]`` mm/h; the extrapolation of the last frame along ``motion`` happens inside."""
+    """Radar with the extrapolation model, on the FULL downsampled grid as in training:
+    ``(rain [b, J, H0, W0, 1] mm/h, NaN outside the domain, motion [b, H0, W0, 2])`` -> the centre
+    crop ``[b, K, h, w, 1]`` mm/h; the last frame is extrapolated over the whole grid inside, then
+    cropped, so rain advected into the crop from outside it is there."""
     from nowcast_jax.engine import export
 
     contract = task.contract
@@ -89,15 +94,17 @@ def _extrapolation_export_spec(task, params):
     def fn(rain, motion):
         return task.forecast_from_motion(params, rain, motion)
 
+    grid = contract.grid
     sidecar = {"kind": "radar", "units": "mm/h",
                "nan_policy": "NaN or inf input rain is outside the radar domain (not extrapolated); negative is 0 mm/h",
                "input_steps": contract.input_steps, "output_steps": contract.output_steps,
                "time_step_minutes": contract.timestep_minutes, "preprocess": contract.to_dict(),
-               "motion": {"method": task.motion_method, "estimated_on": "the J input frames (mm/h, NaN outside)"},
-               "inputs": [{"name": "rain", "units": "mm/h"}, MOTION_INPUT],
-               "outputs": [{"name": "rain", "units": "mm/h"}]}
-    h, w = contract.eval_crop
-    specs = export.batch_specs(((contract.input_steps, h, w, 1), "float32"), ((h, w, 2), "float32"))
+               "motion": {"method": task.motion_method,
+                          "estimated_on": "the J input frames on the full downsampled grid (mm/h, NaN outside)"},
+               "inputs": [{"name": "rain", "units": "mm/h", "layout": "[b, J, H0, W0, 1] on the full grid"},
+                          _motion_input(contract)],
+               "outputs": [{"name": "rain", "units": "mm/h", "layout": "[b, K, h, w, 1]: the centre crop"}]}
+    specs = export.batch_specs(((contract.input_steps, *grid, 1), "float32"), ((*grid, 2), "float32"))
     return fn, specs, sidecar
 
 
@@ -147,9 +154,11 @@ def sidecar_contract(sidecar: dict) -> RadarContract:
 
 
 # ------------------------------------------------------------------------------ reading
-def read_radar_frames(contract: RadarContract, input_path) -> tuple[np.ndarray, list[datetime] | None]:
+def read_radar_frames(contract: RadarContract, input_path, *, crop: bool = True
+                      ) -> tuple[np.ndarray, list[datetime] | None]:
     """The last J frames cut to the forecaster's crop, ``[J, h, w]`` mm/h (NaN outside the
-    domain), and their times (or None).
+    domain), and their times (or None); ``crop=False``: on the full grid ``[J, H0, W0]`` (the
+    extrapolation model, which extrapolates the whole frame and crops inside).
 
     The frames (a folder's after decoding and downsampling, an ``.npz``'s as given) must be
     on the full downsampled grid of the training data (``contract.grid``) before the centre
@@ -167,7 +176,8 @@ def read_radar_frames(contract: RadarContract, input_path) -> tuple[np.ndarray, 
         raise ServeError(f"too little history: the forecaster needs {steps} frames, {input_path} has "
                          f"{rain.shape[0]}")
     rain, times = rain[-steps:], (times[-steps:] if times is not None else None)
-    rain = _crop_to_forecaster(rain, contract, from_folder=input_path.is_dir())
+    cropped = _crop_to_forecaster(rain, contract, from_folder=input_path.is_dir())  # checks the grid
+    rain = cropped if crop else rain
     _check_rain_units(rain, input_path)
     _check_spacing(times, contract.timestep_minutes, input_path)
     return rain, times
@@ -262,16 +272,17 @@ def forecast_radar(forecast, sidecar: dict, input_path, out_path, *, png: bool =
     """Folder / npz of radar frames -> ``out_path`` (.npz or .nc) [+ .png]; see the module docstring."""
     contract = sidecar_contract(sidecar)
     steps, h, w, _ = _input_frames(sidecar)
-    if (steps, h, w) != (contract.input_steps, *contract.eval_crop):
+    takes = contract.grid if sidecar.get("motion") else contract.eval_crop  # the extrapolation model: full grid
+    if (steps, h, w) != (contract.input_steps, *takes):
         raise ServeError(f"the sidecar's contract ({contract.input_steps} frames of {contract.eval_crop}) does not "
                          f"match the forecaster's input [{steps}, {h}, {w}]")
-    x, rain, times = forecaster_inputs(contract, input_path)  # x [1, J, h, w, 1] mm/h
-    if sidecar.get("motion"):  # the extrapolation model: rain with NaN outside the domain, and its motion
-        from nowcast_jax.precip.motion import estimate_motion
-
-        motion = estimate_motion(rain, sidecar["motion"].get("method", "LK"))  # [h, w, 2]
-        y = np.asarray(forecast(rain[None, ..., None], motion[None]))[0, ..., 0]
+    if sidecar.get("motion"):  # the extrapolation model: full-grid rain (NaN outside the domain) and its motion
+        full, times = read_radar_frames(contract, input_path, crop=False)  # [J, H0, W0]
+        motion = _estimate_motion(full, sidecar["motion"].get("method", "LK"))  # [H0, W0, 2]
+        y = np.asarray(forecast(full[None, ..., None], motion[None]))[0, ..., 0]  # [K, h, w] mm/h
+        rain = contract.centre_crop(full)
     else:
+        x, rain, times = forecaster_inputs(contract, input_path)  # x [1, J, h, w, 1] mm/h
         y = np.asarray(forecast(x))[0, ..., 0]  # [K, h, w] mm/h
     y = np.where(np.isnan(rain[-1])[None], np.nan, y).astype(np.float32)  # keep the domain mask
     step = contract.timestep_minutes or None
@@ -287,6 +298,15 @@ def forecast_radar(forecast, sidecar: dict, input_path, out_path, *, png: bool =
     if png:
         written.append(plots.plot_radar(rain, y, out_path.with_suffix(".png"), step))
     return written
+
+
+def _estimate_motion(frames: np.ndarray, method: str) -> np.ndarray:
+    from nowcast_jax.precip.motion import estimate_motion
+
+    try:
+        return estimate_motion(frames, method)
+    except ValueError as err:  # an unknown method in the sidecar
+        raise ServeError(f"cannot estimate the forecaster's motion input: {err}") from err
 
 
 def _write_nc(path: Path, y: np.ndarray, valid: list[str], contract: RadarContract) -> Path:

@@ -29,6 +29,10 @@ Both implement the engine's narrow protocol (``init_params``, ``loss_fn``, ``tra
 ``eval_batches``, ``state_extras``, ``load_extras``) plus ``raw_forecast(params, inputs)``:
 ``inputs [B, J, H, W, 1] -> [B, K, H, W, 1]`` logits (Moving MNIST) or model-unit rain
 (radar). Batches are numpy dicts; radar batches also hold ``input_mask`` / ``target_mask``.
+Radar tasks forecast a model-unit batch with ``forecast_batch(params, batch)`` (what the loss
+and evaluation call). :class:`ExtrapolationTask` (``model.kind="extrapolation"``) is the radar
+task whose model corrects an extrapolation nowcast: its batches also carry ``motion``,
+``extrapolation`` and ``extrapolation_mask``, and its ``raw_forecast`` needs the extrapolation.
 """
 
 from __future__ import annotations
@@ -153,6 +157,9 @@ class MovingMNISTTask(_EncoderForecasterTask):
 
         if config.model.get("residual", False):
             raise ValueError("model.residual applies to radar values only (Moving MNIST outputs logits)")
+        if config.model.get("kind", "encoder_forecaster") != "encoder_forecaster":
+            raise ConfigError(f"model.kind={config.model.kind!r} applies to radar only (Moving MNIST has no motion "
+                              "to extrapolate); use 'encoder_forecaster'")
         data = config.data
         path = _data_path(data.mnist_path) if data.mnist_path else None
         self.movie = MovingMNIST.from_mnist(path, n_train=int(data.n_train_digits) or None,
@@ -268,14 +275,33 @@ class RadarTask(_EncoderForecasterTask):
         return (self.model_batch(b) for b in self.eval_windows(split, batch_size))
 
     def state_extras(self) -> dict:
-        """JSON-able: the fitted contract (``preprocess``)."""
-        return {"source": self.source, "preprocess": self.contract.to_dict()}
+        """JSON-able: the fitted contract (``preprocess``), the model kind and (extrapolation) motion method."""
+        extras = {"source": self.source, "preprocess": self.contract.to_dict(), "model_kind": self.model_kind}
+        if self.motion_method:
+            extras["motion_method"] = self.motion_method
+        return extras
+
+    @property
+    def model_kind(self) -> str:
+        return "extrapolation" if self.motion_method else "encoder_forecaster"
+
+    def _check_conditioning(self, extras: dict) -> None:
+        """The model kind and motion method are what the weights were trained with: a change is refused."""
+        kind = extras.get("model_kind")  # absent in older checkpoints: the parameter tree decides
+        if kind is not None and kind != self.model_kind:
+            raise ConfigError(f"model.kind is {self.model_kind!r} but the checkpoint holds a {kind!r} model; "
+                              "restore without that override")
+        method = extras.get("motion_method")
+        if method is not None and method != self.motion_method:
+            raise ConfigError(f"data.motion_method is {self.motion_method!r} but the checkpoint was trained on "
+                              f"{method!r} motion: the weights would mean something else; restore without that override")
 
     def load_extras(self, extras: dict) -> None:
         """Adopt a checkpoint's rain transform (the fitted part); reading, grid and crops stay the
         config's and the data's. ``ConfigError`` when the config changes what the weights mean
         (:data:`WEIGHTS_MEAN`). Checkpoints written before the contract existed hold only ``transform``."""
         extras = extras or {}
+        self._check_conditioning(extras)
         if "preprocess" in extras:
             stored = RadarContract.from_dict(extras["preprocess"])
             for name, key in WEIGHTS_MEAN.items():
@@ -305,13 +331,23 @@ class ExtrapolationTask(RadarTask):
     """
 
     def __init__(self, config):
-        self.motion_method = str(config.data.get("motion_method", "") or "LK")
         from nowcast_jax.precip.motion import MOTION_METHODS
 
+        self.motion_method = str(config.data.get("motion_method", "") or "LK")
         if self.motion_method not in MOTION_METHODS:
             raise ConfigError(f"config.data.motion_method must be one of {MOTION_METHODS}; got {self.motion_method!r}")
+        if int(config.data.input_frames) < 2:
+            raise ConfigError(f"data.input_frames={config.data.input_frames}: motion needs at least 2 input frames")
+        model = config.model
+        if model.get("residual", False):
+            raise ConfigError("model.residual=True does not apply to model.kind='extrapolation' (the extrapolation "
+                              "is what the correction is added to): set model.residual=False, or use "
+                              "configs/precip_radar_extrapolation.py")
+        for key, default in (("forecaster_input", "zeros"), ("feedback", "identity")):
+            if model.get(key, default) != default:
+                raise ConfigError(f"model.{key}={model[key]!r} does not apply to model.kind='extrapolation' "
+                                  f"(its forecaster reads the extrapolated frames); leave it {default!r}")
         super().__init__(config)
-        self.residual = False
 
     def raw_forecast(self, params, inputs, extrapolation=None, valid=None):
         """``inputs [B, J, H, W, 1]``, ``extrapolation [B, K, H, W, 1]`` (model units), ``valid``
@@ -329,23 +365,27 @@ class ExtrapolationTask(RadarTask):
         return out
 
     def forecast_from_motion(self, params, rain_mm_h, motion):
-        """Serving's path, all in JAX: ``rain [B, J, H, W, 1]`` mm/h (NaN or inf = unobserved) and
-        ``motion [B, H, W, 2]`` -> ``[B, K, H, W, 1]`` mm/h. The last frame is extrapolated with
-        :func:`nowcast_jax.advection.extrapolate` (parity with pysteps' scheme is tested)."""
+        """Serving's path, all in JAX, on the FULL grid as in training: ``rain [B, J, H0, W0, 1]``
+        mm/h (NaN or inf = unobserved) and ``motion [B, H0, W0, 2]`` -> ``[B, K, h, w, 1]`` mm/h on
+        the centre crop ``contract.eval_crop``. The last frame is extrapolated over the whole grid
+        with :func:`nowcast_jax.advection.extrapolate` (pysteps' scheme; parity is tested), then
+        frames, extrapolation and validity are cropped and the model runs on the crop."""
         from nowcast_jax import advection
 
         observed = jnp.isfinite(rain_mm_h)
         rain = jnp.where(observed, jnp.maximum(rain_mm_h, 0.0), 0.0)
         extrap, valid = advection.extrapolate(rain[:, -1], motion, self.output_frames, mask=observed[:, -1])
+        (y, x), (h, w) = self.contract.crop_origin(rain.shape[2:4]), self.contract.eval_crop
+        crop = lambda a: a[:, :, y:y + h, x:x + w]  # noqa: E731 - [B, T, H0, W0, 1] -> [B, T, h, w, 1]
         to_units = self.contract.to_model_units
-        out = self.raw_forecast(params, to_units(rain, jnp), to_units(extrap, jnp), valid)
+        out = self.raw_forecast(params, to_units(crop(rain), jnp), to_units(crop(extrap), jnp), crop(valid))
         return self.contract.from_model_units(out, jnp)
 
 
 TASKS = {task.source: task for task in (MovingMNISTTask, RadarTask)}
 
 
-def make_task(config) -> MovingMNISTTask | RadarTask:
+def make_task(config) -> MovingMNISTTask | RadarTask:  # an ExtrapolationTask is a RadarTask
     """The task of ``config.data.source`` (``config.task = "precip"``): the one place the source is read.
 
     A radar config with ``model.kind="extrapolation"`` makes an :class:`ExtrapolationTask`."""

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from nowcast_jax.engine import config as config_lib
+from nowcast_jax.engine.config import ConfigError
 from nowcast_jax.precip import decode
 from nowcast_jax.precip.preprocess import RadarContract, reading_contract
 from tests.precip.conftest import RADAR_CFG
@@ -43,15 +44,23 @@ def test_a_switched_importer_gets_its_own_defaults_never_mch(importer, expected)
 
 def test_user_kwargs_are_merged_over_the_defaults():
     assert decode.resolve_importer_kwargs("fmi_pgm", {"gzipped": False}) == {"gzipped": False}
-    assert decode.resolve_importer_kwargs("mch_gif", {"product": "RZC", "unit": "mm/h"}) == \
-        {"product": "RZC", "unit": "mm/h", "accutime": 5.0}
+    rzc = {"product": "RZC", "unit": "mm/h", "accutime": 5.0}
+    assert decode.resolve_importer_kwargs("mch_gif", rzc) == rzc
     assert decode.resolve_importer_kwargs(lambda path: None, {"a": 1}) == {"a": 1}  # a callable: no defaults
     # the command line gives a whole dict (the default {} has no sub-keys to override one by one)
     contract = reading_contract(_data("data.importer=fmi_pgm", "data.importer_kwargs={'gzipped': False}"))
     assert contract.importer_options == {"gzipped": False}
-    contract = reading_contract(_data("data.importer_kwargs={'product': 'CPC'}"))
-    assert contract.importer_options == {**MCH, "product": "CPC"}
     assert decode.IMPORTER_DEFAULTS["fmi_pgm"] == {"gzipped": True}  # a merge does not change the table
+
+
+@pytest.mark.parametrize("given", [{"product": "RZC"}, {"product": "CPC", "unit": "mm/h"}, {"accutime": 10.0}])
+def test_meteoswiss_product_unit_and_accutime_come_together(given):
+    """A rate product merged with the AQC defaults' accutime=5 would read as 12x the rain: refused."""
+    with pytest.raises(ValueError, match="product, unit, accutime together"):
+        decode.resolve_importer_kwargs("mch_gif", given)
+    text = "{" + ", ".join(f"'{k}': {v!r}" for k, v in given.items()) + "}"
+    with pytest.raises(ConfigError, match="data.importer_kwargs: .*give all three"):
+        reading_contract(_data(f"data.importer_kwargs={text}"))
 
 
 def test_a_stored_contract_is_read_as_it_was_written():

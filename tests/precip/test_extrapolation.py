@@ -74,44 +74,88 @@ def test_untrained_model_is_the_extrapolation_nowcast(extrap_task):
     assert np.isfinite(float(loss)) and np.isfinite(float(aux["mse_transformed"]))
 
 
-def test_serving_path_in_jax_matches_the_training_path(extrap_task):
-    """``forecast_from_motion`` (JAX advection inside) = the model on pysteps' extrapolation, full frame."""
-    task = extrap_task
+@pytest.fixture(scope="module")
+def cropped_task(radar_dir, radar_cache):
+    """The tiny extrapolation task scored on a 64 x 64 centre crop of its 80 x 88 frames."""
+    c = config_lib.load_config(EXTRAP_CFG + ":tiny")
+    c.data.files = str(radar_dir / "mch" / "*" / "*.gif")
+    c.data.cache_dir = str(radar_cache)
+    c.data.eval_crop_size = (64, 64)
+    return precip.make_task(c)
+
+
+def test_serving_path_in_jax_matches_the_training_path(cropped_task):
+    """``forecast_from_motion`` (JAX advection of the full frame, then the crop) = the model on the
+    crop of pysteps' full-frame extrapolation, as evaluation scores it: rain entering the crop included."""
+    task = cropped_task
     params = _trained_like(task)
     batch_mm = next(task.eval_windows("test", 2))
-    assert batch_mm["inputs"].shape[2:4] == task.contract.grid  # the tiny evaluation crop is the whole frame
-    rain = np.where(batch_mm["input_mask"], batch_mm["inputs"], np.nan)
-    served = np.asarray(jax.jit(task.forecast_from_motion)(params, rain, batch_mm["motion"]))
+    windows = [int(w) for w in task.dataset.splits["test"][:2]]
+    j = task.input_frames
+    full = np.stack([task.dataset.window_rain(w)[:j] for w in windows])[..., None]  # [2, J, H0, W0, 1], NaN
+    motion = np.stack([task.dataset.window_motion(w)[0] for w in windows])  # [2, H0, W0, 2]
+    served = np.asarray(jax.jit(task.forecast_from_motion)(params, full, motion))
     trained = task.contract.from_model_units(np.asarray(task.forecast_batch(params, task.model_batch(batch_mm))))
+    assert served.shape == trained.shape == (2, task.output_frames, 64, 64, 1)
     np.testing.assert_allclose(served, trained, rtol=1e-3, atol=1e-3)
 
 
-def test_export_takes_rain_and_motion_and_predict_estimates_the_motion(extrap_task, radar_dir, tmp_path):
-    task = extrap_task
+def test_export_takes_full_grid_rain_and_motion_and_predict_estimates_the_motion(cropped_task, radar_dir, tmp_path):
+    task = cropped_task
     params = _trained_like(task)
     path = export.export_task(precip_serve.export_spec, task, params, tmp_path / "extrap.jaxexport")
     forecast, sidecar = artifact.load_artifact(path)
-    h, w = task.contract.eval_crop
+    (h0, w0), (h, w) = task.contract.grid, task.contract.eval_crop
     assert [s["name"] for s in sidecar["inputs"]] == ["rain", "motion"]
-    assert sidecar["inputs"][1]["shape"] == ["b", h, w, 2] and sidecar["motion"]["method"] == "LK"
+    assert sidecar["inputs"][0]["shape"] == ["b", task.input_frames, h0, w0, 1]
+    assert sidecar["inputs"][1]["shape"] == ["b", h0, w0, 2] and sidecar["motion"]["method"] == "LK"
+    assert sidecar["outputs"][0]["shape"] == ["b", task.output_frames, h, w, 1]
     with pytest.raises(artifact.ArtifactError, match="takes 2 input"):
-        forecast(np.zeros((1, task.input_frames, h, w, 1), np.float32))
+        forecast(np.zeros((1, task.input_frames, h0, w0, 1), np.float32))
     folder = sorted(p for p in (radar_dir / "mch").iterdir() if p.is_dir())[0]
     written = precip_serve.forecast_radar(forecast, sidecar, folder, tmp_path / "f.npz", png=False)
     out = np.load(written[0])["forecast_mm_h"]
-    _, rain, _ = precip_serve.forecaster_inputs(task.contract, folder)
-    motion = motion_lib.estimate_motion(rain)
-    want = np.asarray(jax.jit(task.forecast_from_motion)(params, rain[None, ..., None], motion[None]))[0, ..., 0]
-    want = np.where(np.isnan(rain[-1]), np.nan, want)
+    full, _ = precip_serve.read_radar_frames(task.contract, folder, crop=False)  # [J, H0, W0]
+    motion = motion_lib.estimate_motion(full)
+    want = np.asarray(jax.jit(task.forecast_from_motion)(params, full[None, ..., None], motion[None]))[0, ..., 0]
+    want = np.where(np.isnan(task.contract.centre_crop(full[-1])), np.nan, want)
     assert out.shape == (task.output_frames, h, w)
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4, equal_nan=True)
-    # the untrained forecaster is the extrapolation of the last frame along that motion
+    # the untrained forecaster is the crop of pysteps' extrapolation of the full last frame along that motion
     zero = export.export_task(precip_serve.export_spec, task, task.init_params(jax.random.PRNGKey(0)),
                               tmp_path / "zero.jaxexport")
     plain, _ = artifact.load_artifact(zero)
-    got = np.asarray(plain(rain[None, ..., None], motion[None]))[0, ..., 0]
-    ref = motion_lib.extrapolate_frames(rain[-1], motion, task.output_frames)
+    got = np.asarray(plain(full[None, ..., None], motion[None]))[0, ..., 0]
+    ref = task.contract.centre_crop(motion_lib.extrapolate_frames(full[-1], motion, task.output_frames))
     np.testing.assert_allclose(np.where(np.isfinite(ref), got, np.nan), ref, rtol=1e-3, atol=1e-3, equal_nan=True)
+
+
+def test_conditioning_is_recorded_and_a_change_refused(extrap_task, radar_config):
+    extras = extrap_task.state_extras()
+    assert extras["model_kind"] == "extrapolation" and extras["motion_method"] == "LK"
+    with pytest.raises(config_lib.ConfigError, match="data.motion_method is 'LK' but .* 'vet'"):
+        extrap_task.load_extras({**extras, "motion_method": "vet"})
+    paper = precip.make_task(radar_config())
+    assert paper.state_extras()["model_kind"] == "encoder_forecaster"
+    with pytest.raises(config_lib.ConfigError, match="model.kind is 'encoder_forecaster' but the checkpoint"):
+        paper.load_extras(extras)
+
+
+@pytest.mark.parametrize("override, match", [
+    ({"model.residual": True}, "model.residual=True does not apply"),
+    ({"model.forecaster_input": "autoregressive"}, "model.forecaster_input='autoregressive' does not apply"),
+    ({"data.input_frames": 1}, "motion needs at least 2 input frames"),
+    ({"data.motion_method": "nope"}, "data.motion_method must be one of"),
+])
+def test_extrapolation_config_mistakes_are_named(radar_dir, radar_cache, override, match):
+    c = config_lib.load_config(EXTRAP_CFG + ":tiny")
+    c.data.files = str(radar_dir / "mch" / "*" / "*.gif")
+    c.data.cache_dir = str(radar_cache)
+    for key, value in override.items():
+        section, name = key.split(".")
+        c[section][name] = value
+    with pytest.raises(config_lib.ConfigError, match=match):
+        precip.make_task(c)
 
 
 def test_cli_train_evaluate_export_predict_with_the_extrapolation_model(radar_dir, radar_cache, tmp_path):
