@@ -60,14 +60,16 @@ ARCHIVES = {
     "fmi": dict(files="radar/fmi/20170509/*.pgm.gz", fn_pattern="%Y%m%d%H%M_fmi.radar.composite.lowest_FIN_SUOMI1",
                 importer="fmi_pgm", importer_kwargs=dict(gzipped=True), zr_a=223.0, zr_b=1.53),
 }
-# The scored crop: MeteoSwiss 320 x 352 of its 320 x 355 frame (the recipe's), FMI 612 x 380 of its 613 x 380 frame
-# (multiples of the 4x4 patch), so that every forecaster, LK on the crop included, sees (almost) the whole domain.
-EVAL_CROPS = {"mch": (320, 352), "fmi": (612, 380)}
+# The scored crop: the largest centred multiple of the 4x4 patch in the downsampled frame (at 2 km: MeteoSwiss
+# 320 x 352 of 320 x 355, the recipe's; FMI 612 x 380 of 613 x 380), so that every forecaster, LK on the crop
+# included, sees (almost) the whole domain.
+NATIVE_GRIDS = {"mch": (640, 710), "fmi": (1226, 760)}
 EVENTS = {"mch_20170131": ("mch", "20170131"), "fmi_20170509": ("fmi", "20170509")}
 VALIDATES = {"mch_20170131": "fmi_20170509", "fmi_20170509": "mch_20170131"}  # test event -> its validation event
 THRESHOLDS = (0.5, 2.0, 5.0)
 # "extrapolation" is pysteps LK + semi-Lagrangian on the FULL frame, cropped (what the model corrects);
 # "optical_flow" is the same method run on the scored crop only (nowcast_jax.baselines.optical_flow).
+SUMMARY = [f"csi_{t}" for t in THRESHOLDS] + ["fss_2.0_4", "mse", "mae", "rain_area", "mean_rain"]
 BASELINE_NAMES = {"extrapolation": "pysteps LK (full frame)", "optical_flow": "pysteps LK (on the crop)"}
 
 
@@ -79,7 +81,8 @@ def event_config(stored, event: str):
         config.data[key] = value
     config.data.test_events = (event_id,)
     config.data.val_events = ()
-    config.data.eval_crop_size = EVAL_CROPS[archive]
+    patch, down = int(config.model.patch_size), int(config.data.downsample)
+    config.data.eval_crop_size = tuple(n // down // patch * patch for n in NATIVE_GRIDS[archive])
     config.eval.thresholds = THRESHOLDS
     config.eval.fss_scales = (4,)
     return config
@@ -137,7 +140,7 @@ def selection_score(task, forecast, params) -> float:
 def summary(scores: dict) -> dict:
     """Means over leads 1-10 of the headline scores of one forecaster."""
     out = {}
-    for name in [f"csi_{t}" for t in THRESHOLDS] + ["fss_2.0_4", "mse", "mae", "rain_area", "mean_rain"]:
+    for name in SUMMARY + [f"{s}_{t}" for s in ("pod", "far") for t in THRESHOLDS]:
         if name in scores:
             out[name] = float(np.nanmean(np.asarray(scores[name], float)))
     return out
@@ -196,28 +199,30 @@ def main(argv=None) -> int:
             print(f"[{run}] validation on {val_event}: {scored} -> step {best}", flush=True)
             test_config = event_config(stored, test_event)
             test_task = precip.make_task(test_config)
+            name = "extrapolation_convlstm" if run == "extrapolation" else "convlstm_paper"
             for label, step in (("selected", best), ("latest", latest)):
+                key = f"{name} ({label}, step {step})"
                 if label == "latest" and step == best:
-                    scores = per_lead[f"{run} (selected)"]
+                    per_lead[key] = per_lead[f"{name} (selected, step {best})"]
                 else:
                     params = params_at(test_task, test_config, workdir, step, stored)
                     out_dir = args.workdir / "eval" / test_event / f"{run}_{label}"
                     scores = precip_evaluate.score_radar(test_task, params, "test", out_dir=out_dir)
-                name = "extrapolation_convlstm" if run == "extrapolation" else "convlstm_paper"
-                per_lead[f"{run} ({label})"] = scores["model"] if "model" in scores else scores
-                rows[f"{name} ({label}, step {step})"] = summary(per_lead[f"{run} ({label})"])
-                if label == "selected":
+                    per_lead[key] = scores["model"]
                     for base in ("extrapolation", "optical_flow", "persistence", "observed"):
-                        if base in scores and base not in per_lead:
-                            per_lead[base] = scores[base]
-                            rows[BASELINE_NAMES.get(base, base)] = summary(scores[base])
+                        base_key = BASELINE_NAMES.get(base, base)
+                        if base in scores and base_key not in per_lead:
+                            per_lead[base_key] = scores[base]
                     results["events"].setdefault(test_event, {})["windows"] = scores["windows"]
+                rows[key] = summary(per_lead[key])
+        rows.update({k: summary(v) for k, v in per_lead.items() if k not in rows})
         results["events"].setdefault(test_event, {}).update(selection=chosen, summary=rows, per_lead=per_lead)
-        names = [f"csi_{t}" for t in THRESHOLDS] + ["fss_2.0_4", "mse", "mae", "rain_area", "mean_rain"]
         print(f"\n### test event {test_event} (validation {val_event}), "
               f"{results['events'][test_event]['windows']} windows, means over leads 1-10\n")
-        print(table(rows, names))
-        for score in ("csi_0.5", "csi_5.0", "mse"):
+        print(table(rows, SUMMARY))
+        print("\nPOD / FAR\n")
+        print(table(rows, [f"{s}_{t}" for t in THRESHOLDS for s in ("pod", "far")]))
+        for score in ("csi_0.5", "csi_2.0", "csi_5.0", "fss_2.0_4", "mse", "mae"):
             print(f"\n{score} by lead\n")
             print(lead_table({k: v for k, v in per_lead.items() if score in v}, score))
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -20,12 +20,10 @@ Scores: :mod:`nowcast_jax.visibility.scores`; figures: :mod:`nowcast_jax.visibil
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from nowcast_jax import metrics
 from nowcast_jax.visibility import plots
 from nowcast_jax.visibility import scores
 from nowcast_jax.visibility.events import classifier_cut, decide_events
@@ -64,11 +62,6 @@ def evaluate(restored, split: str = "test", out_dir=None, members: MemberRuns | 
 def format_report(results: dict, restored) -> str:
     """Paper-style markdown tables (Tables 1-2) of :func:`evaluate`'s results."""
     return scores.score_tables(results, restored.task.horizons_hours)
-
-
-def save_results(results: dict, path) -> None:
-    """Write results as JSON (NaN -> null)."""
-    Path(path).write_text(json.dumps(metrics.json_safe(results), indent=2), encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------ forecasters

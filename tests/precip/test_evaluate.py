@@ -46,6 +46,14 @@ def test_evaluate_radar(radar_task, tmp_path):
     np.testing.assert_allclose(res["persistence"]["csi_0.5"], _independent_csi(batches, 0.5), rtol=1e-9)
     np.testing.assert_allclose(res["persistence"]["csi_2.0"], _independent_csi(batches, 2.0), rtol=1e-9)
     assert (tmp_path / "precip_radar_test.png").stat().st_size > 1000
+    # mean rain area and rate per lead on the scored pixels, by hand, for the observations and persistence
+    valid = np.concatenate([b["target_mask"] & b["input_mask"][:, -1:] for b in batches])
+    for name, field in (("observed", np.concatenate([b["targets"] for b in batches])),
+                        ("persistence", np.concatenate([np.repeat(b["inputs"][:, -1:], 10, 1) for b in batches]))):
+        n = valid.sum(axis=(0, 2, 3, 4))
+        np.testing.assert_allclose(res[name]["rain_area"], ((field >= 0.5) & valid).sum(axis=(0, 2, 3, 4)) / n)
+        np.testing.assert_allclose(res[name]["mean_rain"], np.where(valid, field, 0).sum(axis=(0, 2, 3, 4)) / n,
+                                   rtol=1e-5)
     report = precip_evaluate.format_report(res, run)
     assert report.startswith("radar: 3 windows") and "+5min" in report and "+50min" in report
     row = next(line for line in report.splitlines() if line.startswith("persistence") and " csi_0.5 " in line)
