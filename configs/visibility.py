@@ -45,7 +45,7 @@ def data_config() -> ml_collections.ConfigDict:
         interpolate=("pressure", "temperature", "dew_point"), max_interp_steps=6,
         calm_wind_ms=0.0, variable_wind="calm", split="chronological",
         fractions=(0.7, 0.15, 0.15), split_dates=(), gap_steps=0, seed=0,
-        low_visibility_m=1000.0, split_order=("train", "val", "test")))
+        low_visibility_m=1000.0, split_order=("train", "val", "test"), format="csv"))
 
 
 def get_config(variant=None):

@@ -128,7 +128,7 @@ def data_spec(
     interpolate=DEFAULT_INTERPOLATE, max_interp_steps=3, calm_wind_ms=0.0,
     variable_wind="missing", split="chronological", fractions=(0.7, 0.15, 0.15),
     split_dates=(), gap_steps=0, seed=0, low_visibility_m=1000.0,
-    split_order=("train", "val", "test"),
+    split_order=("train", "val", "test"), format="csv",
 ) -> DataSpec:
     """The keywords of ``config.data`` -> :class:`DataSpec` (see the module docstring).
 
@@ -142,6 +142,8 @@ def data_spec(
       gap_steps: purge gap of the chronological split, raised to at least
         ``T + max horizon`` steps.
       low_visibility_m: threshold for the low-visibility counts of the report.
+      format: ``"csv"`` (the contract above) or ``"ncei_global_hourly"`` (an NCEI Global Hourly /
+        ISD file as NOAA publishes it; :mod:`nowcast_jax.visibility.ncei`).
       split_order: chronological split only: which split each time block is, in time order
         (default train, val, test). ``("test", "val", "train")`` tests on the first block
         and trains on the last (blocked cross-validation); ``fractions`` stay per split
@@ -151,7 +153,8 @@ def data_spec(
     csv = CsvContract(time_column=time_column, time_format=time_format, timezone=timezone,
                       station_column=station_column, stations=tuple(stations or ()),
                       columns=dict(columns or nyc["columns"]), units=dict(units or nyc["units"]),
-                      missing_values=tuple(missing_values), valid_ranges=dict(valid_ranges or {}))
+                      missing_values=tuple(missing_values), valid_ranges=dict(valid_ranges or {}),
+                      format=str(format))
     contract = StationContract(
         csv=csv, visibility_cap_m=float(visibility_cap_m) if visibility_cap_m else None, step=str(step),
         interpolate=tuple(interpolate), max_interp_steps=int(max_interp_steps), calm_wind_ms=float(calm_wind_ms),

