@@ -53,10 +53,24 @@ def estimate_motion(frames_mm_h: np.ndarray, method: str = "LK") -> np.ndarray:
 
         db = baselines._to_dbr(x, 0.1, -15.0)
         db[~np.isfinite(x)] = -15.0
-        kwargs = {"verbose": False} if method in ("vet", "proesmans") else {}
+        db, kwargs = _method_inputs(db, method)
         velocity = motion.get_method(method)(db, **kwargs)
     velocity = np.nan_to_num(np.asarray(velocity, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     return np.moveaxis(velocity, 0, -1).astype(np.float32)  # [2, H, W] -> [H, W, 2]
+
+
+def _method_inputs(db: np.ndarray, method: str) -> tuple[np.ndarray, dict]:
+    """The frames and keyword arguments each pysteps method accepts, from ``[J, H, W]`` dBR:
+    proesmans takes exactly 2 frames (the last two), VET 2-3 (the last three), DARTS needs
+    ``N_t < J - 1`` (pysteps' default 4 needs J >= 6; here ``N_t = min(4, J - 2)``)."""
+    if method == "proesmans":
+        return db[-2:], {"verbose": False}
+    if method == "vet":
+        return db[-3:], {"verbose": False}
+    if len(db) < 3:
+        raise ValueError(f"motion method 'darts' needs >= 3 input frames, got {len(db)}: raise data.input_frames "
+                         "or use data.motion_method='LK'")
+    return db, {"N_t": min(4, len(db) - 2), "verbose": False}
 
 
 def extrapolate_frames(last_mm_h: np.ndarray, motion: np.ndarray, steps: int) -> np.ndarray:
@@ -94,8 +108,11 @@ def augment_motion(motion: np.ndarray, rot90: int, flip: bool) -> np.ndarray:
 
 def _cache_key(rain: np.ndarray, window_frames: np.ndarray, input_frames: int, output_frames: int,
                method: str) -> str:
-    digest = hashlib.sha256()
-    digest.update(f"v{MOTION_VERSION}|{method}|{input_frames}|{output_frames}|{rain.shape}".encode())
+    from importlib.metadata import version
+
+    digest = hashlib.sha256()  # pysteps' version too: another pysteps may estimate another motion
+    digest.update(f"v{MOTION_VERSION}|{version('pysteps')}|{method}|{input_frames}|{output_frames}|"
+                  f"{rain.shape}".encode())
     digest.update(memoryview(np.ascontiguousarray(window_frames, np.int64)))
     digest.update(memoryview(np.ascontiguousarray(rain, np.float32)))  # no copy of a float32 event (the cache's)
     return digest.hexdigest()[:32]

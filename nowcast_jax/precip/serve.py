@@ -274,7 +274,7 @@ def forecast_radar(forecast, sidecar: dict, input_path, out_path, *, png: bool =
     steps, h, w, _ = _input_frames(sidecar)
     takes = contract.grid if sidecar.get("motion") else contract.eval_crop  # the extrapolation model: full grid
     if (steps, h, w) != (contract.input_steps, *takes):
-        raise ServeError(f"the sidecar's contract ({contract.input_steps} frames of {contract.eval_crop}) does not "
+        raise ServeError(f"the sidecar's contract ({contract.input_steps} frames of {takes}) does not "
                          f"match the forecaster's input [{steps}, {h}, {w}]")
     if sidecar.get("motion"):  # the extrapolation model: full-grid rain (NaN outside the domain) and its motion
         full, times = read_radar_frames(contract, input_path, crop=False)  # [J, H0, W0]

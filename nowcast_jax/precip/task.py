@@ -338,6 +338,8 @@ class ExtrapolationTask(RadarTask):
             raise ConfigError(f"config.data.motion_method must be one of {MOTION_METHODS}; got {self.motion_method!r}")
         if int(config.data.input_frames) < 2:
             raise ConfigError(f"data.input_frames={config.data.input_frames}: motion needs at least 2 input frames")
+        if self.motion_method == "darts" and int(config.data.input_frames) < 3:
+            raise ConfigError("data.motion_method='darts' needs >= 3 input frames: raise data.input_frames or use 'LK'")
         model = config.model
         if model.get("residual", False):
             raise ConfigError("model.residual=True does not apply to model.kind='extrapolation' (the extrapolation "
@@ -392,6 +394,9 @@ def make_task(config) -> MovingMNISTTask | RadarTask:  # an ExtrapolationTask is
     task_class = TASKS.get(config.data.source)
     if task_class is None:
         raise ConfigError(f"config.data.source must be one of {sorted(TASKS)}; got {config.data.source!r}")
-    if task_class is RadarTask and config.model.get("kind", "") == "extrapolation":
+    kind = config.model.get("kind", "") or "encoder_forecaster"
+    if kind not in MODEL_KINDS:  # before any event is decoded
+        raise ConfigError(f"config.model.kind must be one of {MODEL_KINDS}; got {kind!r}")
+    if task_class is RadarTask and kind == "extrapolation":
         task_class = ExtrapolationTask
     return task_class(config)

@@ -146,6 +146,8 @@ def test_conditioning_is_recorded_and_a_change_refused(extrap_task, radar_config
     ({"model.forecaster_input": "autoregressive"}, "model.forecaster_input='autoregressive' does not apply"),
     ({"data.input_frames": 1}, "motion needs at least 2 input frames"),
     ({"data.motion_method": "nope"}, "data.motion_method must be one of"),
+    ({"model.kind": "extrapolatoin"}, "config.model.kind must be one of"),
+    ({"data.motion_method": "darts", "data.input_frames": 2}, "'darts' needs >= 3 input frames"),
 ])
 def test_extrapolation_config_mistakes_are_named(radar_dir, radar_cache, override, match):
     c = config_lib.load_config(EXTRAP_CFG + ":tiny")
