@@ -20,13 +20,15 @@ Variants:
 Another station file: only ``--config.data.*`` overrides, e.g.
 ``--config.data.path=obs.csv --config.data.time_column=valid --config.data.station_column=""
 --config.data.columns.visibility=vsby --config.data.units.visibility=km ...``
+(``data.columns.<name>=""``: not reported; ``data.scale.<name>``, ``data.encoding``,
+``data.blank_is_zero``: see docs/visibility.md, which also gives the lines for the KMA files)
 (``data`` mirrors the keywords of ``nowcast_jax.visibility.dataset.data_spec``; the fitted
 preprocessing contract they give is stored with every checkpoint and export).
 """
 
 import ml_collections
 
-from nowcast_jax.visibility.readers import DEFAULT_VALID_RANGES, nycflights13_defaults
+from nowcast_jax.visibility.readers import CANONICAL, DEFAULT_VALID_RANGES, nycflights13_defaults
 from nowcast_jax.engine.defaults import default_engine_config
 
 VARIANTS = ("mlp", "fog", "fog2", "tiny")
@@ -40,6 +42,7 @@ def data_config() -> ml_collections.ConfigDict:
         timezone=nyc["timezone"], station_column=nyc["station_column"], stations=(),
         columns=nyc["columns"], units=nyc["units"], missing_values=tuple(nyc["missing_values"]),
         valid_ranges={k: tuple(v) for k, v in DEFAULT_VALID_RANGES.items()},
+        scale={k: 1.0 for k in CANONICAL}, encoding="utf-8", blank_is_zero=(),
         visibility_cap_m=float(nyc["visibility_cap_m"]), step="1h", history_hours=12.0,
         horizons_hours=(1, 3, 6), features="paper8",
         interpolate=("pressure", "temperature", "dew_point"), max_interp_steps=6,

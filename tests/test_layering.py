@@ -27,7 +27,8 @@ APPLICATIONS = ("nowcast_jax.precip", "nowcast_jax.visibility")
 READERS = ("nowcast_jax.precip.archive", "nowcast_jax.precip.decode", "nowcast_jax.precip.dataset",
            "nowcast_jax.precip.idx", "nowcast_jax.precip.mnist", "nowcast_jax.precip.moving_mnist",
            "nowcast_jax.precip.preprocess", "nowcast_jax.precip.motion",
-           "nowcast_jax.visibility.readers", "nowcast_jax.visibility.grid", "nowcast_jax.visibility.features",
+           "nowcast_jax.visibility.readers", "nowcast_jax.visibility.units", "nowcast_jax.visibility.grid",
+           "nowcast_jax.visibility.features",
            "nowcast_jax.visibility.neighbours", "nowcast_jax.visibility.windows",
            "nowcast_jax.visibility.dataset", "nowcast_jax.visibility.preprocess")
 # Names several modules define on purpose: the application hooks the CLI looks up by name, and

@@ -15,8 +15,10 @@ Steps (each counted in ``dataset.report``):
 
 1. Read (:class:`~nowcast_jax.visibility.readers.CsvContract`): canonical variables in
    canonical units (visibility m, temperature and dew point degC, wind m/s, direction deg,
-   pressure hPa, precipitation mm); ``missing_values`` markers and values outside
-   ``valid_ranges`` become NaN. Visibility above ``visibility_cap_m`` is clipped to it.
+   pressure hPa, precipitation mm; ``scale`` factors first); ``missing_values`` markers and
+   values outside ``valid_ranges`` become NaN (blanks of ``blank_is_zero`` variables 0; a
+   variable mapped to ``""`` is all NaN); rows with a time and no value are dropped.
+   Visibility above ``visibility_cap_m`` is clipped to it.
 2. Grid (:mod:`~nowcast_jax.visibility.grid`): each station on ``step``; the value
    at ``t`` is the latest observation in ``(t - step, t]``; steps without observations
    become NaN rows ("gaps").
@@ -57,9 +59,11 @@ Steps (each counted in ``dataset.report``):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 
+from nowcast_jax.visibility import features as feature_lib
 from nowcast_jax.visibility import windows as window_lib
 from nowcast_jax.visibility.grid import DEFAULT_INTERPOLATE, missing_share, steps_of
 from nowcast_jax.visibility.preprocess import StationContract, StationObservations
@@ -118,6 +122,7 @@ class DataSpec:
     contract: StationContract
     plan: SplitPlan
     low_visibility_m: float = 1000.0
+    features_dropped: dict = dataclasses.field(default_factory=dict)
 
 
 def data_spec(
@@ -128,7 +133,7 @@ def data_spec(
     interpolate=DEFAULT_INTERPOLATE, max_interp_steps=3, calm_wind_ms=0.0,
     variable_wind="missing", split="chronological", fractions=(0.7, 0.15, 0.15),
     split_dates=(), gap_steps=0, seed=0, low_visibility_m=1000.0,
-    split_order=("train", "val", "test"), format="csv",
+    split_order=("train", "val", "test"), format="csv", encoding="utf-8", scale=None, blank_is_zero=(),
 ) -> DataSpec:
     """The keywords of ``config.data`` -> :class:`DataSpec` (see the module docstring).
 
@@ -144,6 +149,12 @@ def data_spec(
       low_visibility_m: threshold for the low-visibility counts of the report.
       format: ``"csv"`` (the contract above) or ``"ncei_global_hourly"`` (an NCEI Global Hourly /
         ISD file as NOAA publishes it; :mod:`nowcast_jax.visibility.ncei`).
+      encoding, scale, blank_is_zero: the CSV's text encoding, per-variable factors before
+        unit conversion, variables whose blank cells mean 0 (:class:`CsvContract`).
+      features: a set name drops the features that need a variable mapped to ``""`` in
+        ``columns`` (said once, as a warning, and in the report's ``features_dropped``); a
+        list of names that holds one is an error
+        (:func:`~nowcast_jax.visibility.features.select_features`).
       split_order: chronological split only: which split each time block is, in time order
         (default train, val, test). ``("test", "val", "train")`` tests on the first block
         and trains on the last (blocked cross-validation); ``fractions`` stay per split
@@ -154,15 +165,21 @@ def data_spec(
                       station_column=station_column, stations=tuple(stations or ()),
                       columns=dict(columns or nyc["columns"]), units=dict(units or nyc["units"]),
                       missing_values=tuple(missing_values), valid_ranges=dict(valid_ranges or {}),
-                      format=str(format))
+                      format=str(format), encoding=str(encoding), scale=dict(scale or {}),
+                      blank_is_zero=tuple(blank_is_zero or ()))
+    kept, dropped = feature_lib.select_features(features, csv.absent)
+    if dropped:  # once per data_spec call (a task calls it once)
+        needs = sorted({v for need in dropped.values() for v in need})
+        warnings.warn(f"data.features={features!r}: dropped {sorted(dropped)}, which need {needs} "
+                      f"(data.columns maps them to '': not reported)", stacklevel=2)
     contract = StationContract(
         csv=csv, visibility_cap_m=float(visibility_cap_m) if visibility_cap_m else None, step=str(step),
         interpolate=tuple(interpolate), max_interp_steps=int(max_interp_steps), calm_wind_ms=float(calm_wind_ms),
-        variable_wind=str(variable_wind), features=features,
+        variable_wind=str(variable_wind), features=kept,
         history_steps=steps_of(history_hours, step, "history_hours"), horizons_hours=tuple(horizons_hours))
     plan = SplitPlan(str(split), tuple(fractions), tuple(split_dates or ()), int(gap_steps), int(seed),
                      tuple(split_order))
-    return DataSpec(str(path or ""), contract, plan, float(low_visibility_m))
+    return DataSpec(str(path or ""), contract, plan, float(low_visibility_m), dropped)
 
 
 def load_station_dataset(path="", **kwargs) -> StationDataset:
@@ -303,6 +320,7 @@ def _report(spec, observations, feature_report, found, split_report, splits, con
         "resampled_steps": sum(r["steps"] for r in grid_report.values()),
         "missing_steps": sum(r["missing_steps"] for r in grid_report.values()),
         **feature_report,
+        "features_dropped": dict(spec.features_dropped),
         "low_visibility_m": low,
         "low_vis_steps": int(sum((g.values["visibility"] < low).sum() for g in filled)),
         "missing_at_low_vis": {"before_interp": missing_share([s.raw for s in observations.stations], low),

