@@ -15,6 +15,15 @@ Variants:
              and its 1 h / 3 h changes). Meant as one member of a seed ensemble whose value
              comes from plain LSTMs (``eval.ensemble_workdirs``, ``eval.value_workdirs``;
              docs/visibility.md shows the commands and the measured scores).
+  pooled     one model on several stations (and years): the default LSTM with each station's
+             windows split by its own time range (``data.split_per_station=True``; last 20 %
+             of each station's time range = test, ``fractions=(0.7, 0.1, 0.2)``). Point
+             ``data.path`` at the stations: one file with a station column, a list of files
+             or a glob read with one contract (docs/visibility.md, "Many stations"), e.g.
+             ``nowcast-jax train --config configs/visibility.py:pooled --workdir runs/pnw
+             --config.data.path=../shared/data/stations/pnwflights14_SEA_PDX_2014_weather.csv
+             --config.data.time_column=date --config.data.time_format="%Y-%m-%d %H:%M:%S"
+             --config.data.timezone=America/Los_Angeles`` (Seattle + Portland 2014).
   tiny       for tests: 2 days of windows per split are not needed; 30 steps, LSTM (8,).
 
 Another station file: only ``--config.data.*`` overrides, e.g.
@@ -31,7 +40,7 @@ import ml_collections
 from nowcast_jax.visibility.readers import CANONICAL, DEFAULT_VALID_RANGES, nycflights13_defaults
 from nowcast_jax.engine.defaults import default_engine_config
 
-VARIANTS = ("mlp", "fog", "fog2", "tiny")
+VARIANTS = ("mlp", "fog", "fog2", "pooled", "tiny")
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -48,7 +57,8 @@ def data_config() -> ml_collections.ConfigDict:
         interpolate=("pressure", "temperature", "dew_point"), max_interp_steps=6,
         calm_wind_ms=0.0, variable_wind="calm", split="chronological",
         fractions=(0.7, 0.15, 0.15), split_dates=(), gap_steps=0, seed=0,
-        low_visibility_m=1000.0, split_order=("train", "val", "test"), format="csv"))
+        low_visibility_m=1000.0, split_order=("train", "val", "test"), split_per_station=False,
+        format="csv"))
 
 
 def get_config(variant=None):
@@ -96,6 +106,9 @@ def get_config(variant=None):
         c.eval.classifier_prob = 0.0   # calibrated on the training windows to bias 1
     if variant == "fog2":
         c.data.features = "fog16"
+    if variant == "pooled":
+        c.data.split_per_station = True
+        c.data.fractions = (0.7, 0.1, 0.2)
     if variant == "tiny":
         c.model.hidden = (8,)
         c.train.steps = 30

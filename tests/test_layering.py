@@ -30,7 +30,7 @@ READERS = ("nowcast_jax.precip.archive", "nowcast_jax.precip.decode", "nowcast_j
            "nowcast_jax.visibility.readers", "nowcast_jax.visibility.units", "nowcast_jax.visibility.grid",
            "nowcast_jax.visibility.features",
            "nowcast_jax.visibility.neighbours", "nowcast_jax.visibility.windows",
-           "nowcast_jax.visibility.dataset", "nowcast_jax.visibility.preprocess")
+           "nowcast_jax.visibility.dataset", "nowcast_jax.visibility.preprocess", "nowcast_jax.visibility.sources")
 # Names several modules define on purpose: the application hooks the CLI looks up by name, and
 # the Flax linen / NNX wrappers, which mirror each other class for class.
 SHARED_NAMES = {"make_task", "evaluate", "format_report", "export_spec",

