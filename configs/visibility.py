@@ -30,7 +30,9 @@ Another station file: only ``--config.data.*`` overrides, e.g.
 ``--config.data.path=obs.csv --config.data.time_column=valid --config.data.station_column=""
 --config.data.columns.visibility=vsby --config.data.units.visibility=km ...``
 (``data.columns.<name>=""``: not reported; ``data.scale.<name>``, ``data.encoding``,
-``data.blank_is_zero``: see docs/visibility.md, which also gives the lines for the KMA files)
+``data.blank_is_zero``: see docs/visibility.md, which also gives the lines for each shared
+station file, "Each shared station file": SBGR with ``data.format=ncei_global_hourly``, the KMA
+files, pnwflights14 with ``:pooled``, seaflights15)
 (``data`` mirrors the keywords of ``nowcast_jax.visibility.dataset.data_spec``; the fitted
 preprocessing contract they give is stored with every checkpoint and export).
 """

@@ -17,7 +17,8 @@ Steps (each counted in ``dataset.report``):
    canonical units (visibility m, temperature and dew point degC, wind m/s, direction deg,
    pressure hPa, precipitation mm; ``scale`` factors first); ``missing_values`` markers and
    values outside ``valid_ranges`` become NaN (blanks of ``blank_is_zero`` variables 0; a
-   variable mapped to ``""`` is all NaN); rows with a time and no value are dropped.
+   variable mapped to ``""`` is all NaN, as is one an NCEI file does not report: the named
+   feature sets drop the features that need either); rows with a time and no value are dropped.
    Visibility above ``visibility_cap_m`` is clipped to it. ``path`` may be a list of files
    or a glob: all read under the same contract, their stations pooled
    (:mod:`~nowcast_jax.visibility.sources`).
@@ -129,6 +130,7 @@ class DataSpec:
     plan: SplitPlan
     low_visibility_m: float = 1000.0
     features_dropped: dict = dataclasses.field(default_factory=dict)
+    features_asked: str | tuple = "paper8"
 
 
 def data_spec(
@@ -194,7 +196,8 @@ def data_spec(
     plan = SplitPlan(str(split), tuple(fractions), tuple(split_dates or ()), int(gap_steps), int(seed),
                      tuple(split_order), bool(split_per_station))
     path = tuple(str(p) for p in path) if isinstance(path, (list, tuple)) else str(path or "")
-    return DataSpec(path, contract, plan, float(low_visibility_m), dropped)
+    asked = features if isinstance(features, str) else tuple(features)
+    return DataSpec(path, contract, plan, float(low_visibility_m), dropped, asked)
 
 
 def load_station_dataset(path="", **kwargs) -> StationDataset:
@@ -227,8 +230,9 @@ def resolve_path(path):
 def build_station_dataset(spec: DataSpec) -> StationDataset:
     """read -> grid -> features (the contract) -> windows -> split -> scale; the contract is
     fitted where it is not yet (cap, neighbour stations, scaler), else used as it is."""
+    observations = spec.contract.read_stations(resolve_path(spec.path))
+    spec = _without_unreported(spec, observations)
     contract = spec.contract
-    observations = contract.read_stations(resolve_path(spec.path))
     if contract.scaler is None:
         _check_cap_is_plausible(contract, observations, spec.path)
     contract = contract.fitted_to(observations)
@@ -252,8 +256,37 @@ def build_station_dataset(spec: DataSpec) -> StationDataset:
     return StationDataset(**splits, contract=contract, report={**report, "per_station": summary})
 
 
+def _without_unreported(spec: DataSpec, observations: StationObservations) -> DataSpec:
+    """``spec`` with the features dropped that need a variable the file itself does not
+    report (the read report's ``absent`` beyond ``data.columns``' ``''``: an NCEI station
+    without precipitation groups), as :func:`data_spec` drops those of ``data.columns``' ``''``
+    (a set name: dropped, said once; a list holding one: an error). A fitted contract (a
+    restored run) keeps its features."""
+    declared = spec.contract.csv.absent
+    unreported = [v for v in observations.report.get("absent", ()) if v not in declared]
+    if not unreported or spec.contract.scaler is not None:
+        return spec
+    why = (f"which {spec.path or 'the file'} does not report (no value at station(s) "
+           f"{_stations_without(observations, unreported)})")
+    kept, dropped = feature_lib.select_features(spec.features_asked, [*declared, *unreported], why=why)
+    new = {f: need for f, need in dropped.items() if f not in spec.features_dropped}
+    if not new:
+        return spec
+    needs = sorted({v for need in new.values() for v in need})
+    warnings.warn(f"data.features={spec.features_asked!r}: dropped {sorted(new)}, which need {needs} "
+                  f"({spec.path or 'the file'} does not report them)", stacklevel=3)
+    return dataclasses.replace(spec, contract=dataclasses.replace(spec.contract, features=kept),
+                               features_dropped=dropped)
+
+
+def _stations_without(observations: StationObservations, names) -> list[str]:
+    return [s.grid.name for s in observations.stations
+            if any(not np.isfinite(s.raw.values[n]).any() for n in names)]
+
+
 def station_summary(spec, contract, observations: StationObservations, found, labels, split_report) -> dict:
-    """Per station (JSON-able): ``rows`` read, grid ``steps`` and ``missing_steps``, ``first``
+    """Per station (JSON-able): ``rows`` read, grid ``steps`` and ``missing_steps``,
+    ``low_vis_steps`` (grid steps below ``low_visibility_m``: the station's fog hours), ``first``
     and ``last`` grid time, its split's ``val_start``/``test_start``, and per split its
     ``windows`` and ``fog_hours``: distinct grid steps below ``low_visibility_m`` that are a
     target (any horizon) of the split's windows. The report's ``per_station`` and the
@@ -264,6 +297,7 @@ def station_summary(spec, contract, observations: StationObservations, found, la
         name, vis = s.grid.name, s.grid.values["visibility"]
         bounds = split_report.get("stations", {}).get(name, split_report)
         row = {k: int(grid_report[name][k]) for k in ("rows", "steps", "missing_steps")}
+        row["low_vis_steps"] = int((vis < spec.low_visibility_m).sum())
         row.update(first=str(s.grid.times[0]), last=str(s.grid.times[-1]),
                    val_start=bounds.get("val_start"), test_start=bounds.get("test_start"), windows={}, fog_hours={})
         for k, split in enumerate(SPLITS):

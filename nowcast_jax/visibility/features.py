@@ -76,7 +76,10 @@ def resolve_features(features) -> tuple[str, ...]:
     return names
 
 
-def select_features(features, absent) -> tuple[tuple[str, ...], dict]:
+NOT_REPORTED = "which data.columns maps to '' (not reported)"
+
+
+def select_features(features, absent, why: str = NOT_REPORTED) -> tuple[tuple[str, ...], dict]:
     """The features that can be built when the station does not report the ``absent``
     canonical variables.
 
@@ -84,6 +87,7 @@ def select_features(features, absent) -> tuple[tuple[str, ...], dict]:
     is what was asked for, so a listed feature that needs one is an error naming the
     variable, as is a set left empty. Returns ``(features, dropped)``: ``dropped`` maps each
     dropped feature to the absent variables it needs (empty when nothing was dropped).
+    ``why``: how the error says the variables are absent.
     """
     names = resolve_features(features)
     absent = set(absent or ())
@@ -91,8 +95,8 @@ def select_features(features, absent) -> tuple[tuple[str, ...], dict]:
     dropped = {f: need for f, need in dropped.items() if need}
     if dropped and not isinstance(features, str):
         f, need = next(iter(dropped.items()))
-        raise ValueError(f"feature {f!r} of data.features needs {need[0]!r}, which data.columns maps to '' "
-                         f"(not reported): remove {sorted(dropped)} from data.features or give the column")
+        raise ValueError(f"feature {f!r} of data.features needs {need[0]!r}, {why}: remove {sorted(dropped)} "
+                         "from data.features" + (" or give the column" if why == NOT_REPORTED else ""))
     kept = tuple(f for f in names if f not in dropped)
     if not kept:
         raise ValueError(f"feature set {features!r} cannot be built without {sorted(absent)}: every feature "

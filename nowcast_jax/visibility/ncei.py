@@ -38,7 +38,9 @@ Decoding (what each rule chose and why):
   station pressure hPa x 10, q", ``99999`` missing). ``ncei.pressure`` counts which.
 * Precipitation: ``AA1``-``AA4`` "period h, depth mm x 10, condition, q": the first group of a
   1-hour period (depth ``9999`` missing); other periods are not hourly amounts (NaN, counted).
-  No ``AA`` column (METAR-only stations such as SBGR): all NaN, reported as not reported.
+  No ``AA`` column (METAR-only stations such as SBGR): all NaN, reported as not reported
+  (``absent``: a variable without a value in any row of a station, whose features the named
+  feature sets then drop, :func:`unreported`).
 * Report types: only ``report_types`` (default METAR ``FM-15`` and SPECI ``FM-16``) are kept;
   the others are counted by type (``ncei.dropped_report_types``).
 * One row per hour (``collapse="1h"``; ``None`` keeps every report at its own time): the
@@ -330,7 +332,9 @@ def read_ncei_global_hourly(path, *, station: str | None = None, stations=(),
       ``(table, report)`` as :func:`~nowcast_jax.visibility.readers.read_station_csv`: ``table``
       has ``station`` (str), ``time`` (tz-aware UTC) and the seven canonical variables
       (float64, NaN = missing), sorted by station and time; ``report`` has ``rows`` (kept),
-      ``rows_bad_time``, ``conflicting_duplicates``, ``out_of_range`` per variable, and
+      ``rows_bad_time``, ``conflicting_duplicates``, ``out_of_range`` per variable, ``absent``
+      (variables a station of the file does not report at all: :func:`unreported`; the named
+      feature sets drop the features that need them, as for a CSV column mapped to ``""``) and
       ``ncei``: the decoding counts (module docstring). CAVOK and METAR ``9999`` ("10 km or
       more") are 10000 m.
     """
@@ -391,11 +395,23 @@ def read_ncei_global_hourly(path, *, station: str | None = None, stations=(),
         warnings.warn(f"{path}: {conflicts} rows repeat a station and time of another row with other values; "
                       "the grid uses the last of each", stacklevel=2)
     rejected = {k: _rejected(v) for k, v in ncei.items() if k != "collapse"}
+    absent = unreported(table)
     ncei = {"format": NCEI_FORMAT, "raw_reports": int(n_raw), "report_types": type_counts,
             "dropped_report_types": dropped_types, "reports": int(n_reports),
             "rejected_quality_codes": list(reject), "rejected_quality": rejected, **ncei}
     return table, {"rows": int(len(table)), "rows_bad_time": int(bad_time.sum()),
-                   "conflicting_duplicates": conflicts, "out_of_range": out_of_range, "ncei": ncei}
+                   "conflicting_duplicates": conflicts, "out_of_range": out_of_range, "absent": absent,
+                   "ncei": ncei}
+
+
+def unreported(table: pd.DataFrame) -> list[str]:
+    """Canonical variables without a single value in the rows of some station of ``table``
+    (SBGR: ``precipitation``, no ``AA1``-``AA4`` column): what ``data.columns.<name>=""``
+    declares for a CSV, found in the file (the report's ``absent``)."""
+    if table.empty:
+        return []
+    counts = table.groupby("station")[list(CANONICAL)].count()
+    return [name for name in CANONICAL if (counts[name] == 0).any()]
 
 
 def read_station_file(contract: CsvContract, path, step: str = "1h") -> tuple[pd.DataFrame, dict]:

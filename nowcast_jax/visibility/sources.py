@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from nowcast_jax.visibility import ncei
-from nowcast_jax.visibility.readers import CsvContract
+from nowcast_jax.visibility.readers import CANONICAL, CsvContract
 
 _GLOB = set("*?[")
 
@@ -119,12 +119,14 @@ def _select(table: pd.DataFrame, stations, owner: dict) -> pd.DataFrame:
 
 
 def _merge_reports(reports: list) -> dict:
-    """Reports of several files -> one: numbers summed, dicts merged key by key, other
-    values (lists, names) those of the first file."""
+    """Reports of several files -> one: numbers summed, dicts merged key by key, ``absent``
+    the variables absent in any file, other values (lists, names) those of the first file."""
     out = {}
     for key in dict.fromkeys(k for r in reports for k in r):
         values = [r[key] for r in reports if key in r]
-        if all(isinstance(v, dict) for v in values):
+        if key == "absent":  # not reported by a station of some file: not reported in the pool
+            out[key] = [c for c in CANONICAL if any(c in v for v in values)]
+        elif all(isinstance(v, dict) for v in values):
             out[key] = _merge_reports(values)
         elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             out[key] = sum(values)

@@ -4,19 +4,25 @@ CSVs composed here in ISD layout (every expected number decoded by hand from the
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import math
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from tests.conftest import station_file
+from tests.visibility.conftest import SBGR
 from nowcast_jax.visibility import grid as grid_lib
+from nowcast_jax.visibility.dataset import build_station_dataset, data_spec, load_station_dataset
+from nowcast_jax.visibility.preprocess import StationContract
+from nowcast_jax.visibility.serve import station_inputs
 from nowcast_jax.visibility.ncei import TEN_KM_M, read_ncei_global_hourly
 from nowcast_jax.visibility.readers import CANONICAL
 
-SBGR = "SBGR_83075099999_2009-2019_ncei_global_hourly.csv"
 COLUMNS = ("STATION", "DATE", "SOURCE", "REPORT_TYPE", "CALL_SIGN", "WND", "CIG", "VIS", "TMP", "DEW", "SLP",
            "MA1", "REM")
 # a plain METAR: 130 deg 2.1 m/s, 8000 m, 20.0/19.0 C, no SLP, QNH 1014.9 hPa
@@ -363,17 +369,82 @@ def test_errors_name_file_and_column(tmp_path):
         read_ncei_global_hourly(tmp_path / "absent.csv")
 
 
-def test_sbgr_through_the_station_pipeline_as_a_config_names_it(sbgr_path):
-    """``data.format="ncei_global_hourly"``: the file as NOAA publishes it -> chronological windows."""
-    from nowcast_jax.visibility.dataset import load_station_dataset
-
-    features = ("wind_speed", "wind_dir_sin", "wind_dir_cos", "pressure", "dew_point", "temperature", "visibility")
-    ds = load_station_dataset(str(sbgr_path), format="ncei_global_hourly", station_column="",
-                              visibility_cap_m=10000.0, features=features, max_interp_steps=6,
-                              variable_wind="calm")
+def test_sbgr_through_the_station_pipeline_as_a_config_names_it(shared_datasets):
+    """``data.format="ncei_global_hourly"`` (docs/visibility.md's SBGR line): the file as NOAA
+    publishes it -> chronological windows, the 8 factors less precipitation (none reported)."""
+    _, ds, _ = shared_datasets(SBGR)
     assert ds.contract.csv.format == "ncei_global_hourly"
     assert ds.contract.csv.to_dict()["format"] == "ncei_global_hourly"
+    assert ds.contract.features == ("wind_speed", "wind_dir_sin", "wind_dir_cos", "pressure", "dew_point",
+                                    "temperature", "visibility")
+    assert ds.report["absent"] == ["precipitation"]
     n = {name: len(getattr(ds, name).y) for name in ("train", "val", "test")}
     assert n["train"] > 50_000 and n["val"] > 10_000 and n["test"] > 10_000, n
     assert ds.train.times.max() < ds.val.times.min() < ds.test.times.min()  # chronological
     assert float(np.max(ds.train.y)) <= 10_000.0
+
+
+# --------------------------------------------------------------------------- variables not reported
+
+def _hours(n, start="2020-01-01", **fields):
+    """``n`` hourly METARs (temperature and visibility varying) updated with ``fields``."""
+    times = pd.date_range(start, periods=n, freq="1h")
+    return [{"DATE": t.strftime("%Y-%m-%dT%H:%M:%S"), "TMP": f"+0{150 + i % 50:03d},1",
+             "VIS": f"{(500 + 97 * i) % 10000:06d},1,N,1", **fields} for i, t in enumerate(times)]
+
+
+def test_a_variable_without_values_is_absent(tmp_path):
+    """No AA column, or AA groups without a 1-hour amount: precipitation is absent; one
+    hourly amount makes it reported; per station (a station without any is enough)."""
+    _, report = read(tmp_path, _hours(3))
+    assert report["absent"] == ["precipitation"]
+    aa = (*COLUMNS, "AA1")
+    _, report = read(tmp_path, _hours(3, AA1="06,0120,9,1"), columns=aa)      # 6-h amounts only
+    assert report["absent"] == ["precipitation"]
+    rows = _hours(3, AA1="06,0120,9,1")
+    rows[1]["AA1"] = "01,0005,9,1"
+    _, report = read(tmp_path, rows, columns=aa)
+    assert report["absent"] == []
+    other = [{**r, "STATION": "88888888888", "CALL_SIGN": "YYYY", "AA1": "", "TMP": "+9999,9"} for r in rows]
+    _, report = read(tmp_path, rows + other, columns=aa)
+    assert report["absent"] == ["temperature", "precipitation"]
+
+
+def test_feature_sets_drop_what_the_ncei_file_does_not_report(tmp_path):
+    """As ``data.columns.precipitation=''`` does for a CSV: a set name drops the features
+    (warned once, in the report), a list holding one is an error naming the file; a restored
+    (fitted) contract keeps its features and says nothing."""
+    path = write_isd(tmp_path / "isd.csv", _hours(400))
+    kw = dict(format="ncei_global_hourly", station_column="", visibility_cap_m=10000.0)
+    with pytest.warns(UserWarning, match=r"data.features='fog16': dropped \['precipitation'\], which need "
+                                         r"\['precipitation'\] \(.*isd.csv does not report them\)"):
+        spec = data_spec(str(path), features="fog16", **kw)
+        ds = build_station_dataset(spec)
+    assert "precipitation" not in ds.contract.features and len(ds.contract.features) == 15
+    assert ds.report["features_dropped"] == {"precipitation": ["precipitation"]}
+    assert len(ds.train) > 0 and np.isfinite(ds.train.x).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = build_station_dataset(dataclasses.replace(spec, contract=ds.contract))
+    assert again.contract.features == ds.contract.features
+    np.testing.assert_array_equal(again.test.x, ds.test.x)
+    # predict reads the file with the artifact's contract (the sidecar's JSON): NCEI, 15 features
+    served = StationContract.from_dict(json.loads(json.dumps(ds.contract.to_dict())))
+    inputs = station_inputs(served, path)
+    assert inputs.x.shape == (1, 12, 15) and inputs.names == ["XXXX"]
+    last = ds.contract.feature_matrices(ds.contract.read_stations(str(path)))[0][0][-12:]
+    np.testing.assert_array_equal(inputs.x[0], last)
+    with pytest.raises(ValueError, match=r"feature 'precipitation' of data.features needs 'precipitation', which "
+                                         r".*isd.csv does not report \(no value at station\(s\) \['XXXX'\]\): "
+                                         r"remove \['precipitation'\] from data.features$"):
+        load_station_dataset(str(path), features=("visibility", "precipitation"), **kw)
+    # pooled files: absent in one of them is absent in the pool
+    aa = write_isd(tmp_path / "aa.csv", [{**r, "STATION": "88888888888", "CALL_SIGN": "YYYY", "AA1": "01,0000,9,1"}
+                                          for r in _hours(400)], columns=(*COLUMNS, "AA1"))
+    with pytest.warns(UserWarning, match=r"dropped \['precipitation'\]"):
+        pooled = load_station_dataset([str(path), str(aa)], **kw)
+    assert pooled.report["absent"] == ["precipitation"] and sorted(pooled.contract.stations) == ["XXXX", "YYYY"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        alone = load_station_dataset(str(aa), **kw)     # it reports precipitation: kept
+    assert "precipitation" in alone.contract.features and alone.report["absent"] == []

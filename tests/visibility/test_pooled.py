@@ -8,24 +8,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shlex
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import station_file
-from nowcast_jax.engine import config as config_lib
 from nowcast_jax.engine.config import ConfigError
 from nowcast_jax.visibility import scores, station_scores
 from nowcast_jax.visibility.dataset import StationWindows, build_station_dataset, data_spec
 from nowcast_jax.visibility.preprocess import StationContract
-from nowcast_jax.visibility.task import _config_data, data_kwargs
+from nowcast_jax.visibility.task import _config_data
 from nowcast_jax.visibility.windows import SPLITS
-from tests.engine_utils import REPO
+from tests.visibility.conftest import PNW, doc_train_command
 from tests.visibility.test_dataset import _frame, _load, _write
 
-PNW = "pnwflights14_SEA_PDX_2014_weather.csv"
 HISTORY, HORIZONS = 12, (1, 3, 6)
 HOUR = np.timedelta64(1, "h")
 
@@ -201,24 +197,11 @@ def test_the_contract_records_its_stations_and_round_trips(tmp_path):
 
 # --------------------------------------------------------------------------- the docs' lines, the real file
 
-def _doc_block(name: str) -> tuple[str, list[str]]:
-    """The config file (with variant) and ``--config.*`` overrides of the first command of
-    docs/visibility.md's bash block that reads ``name``."""
-    text = (REPO / "docs" / "visibility.md").read_text(encoding="utf-8")
-    (block,) = [b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if name in b]
-    tokens = shlex.split(block.replace("\\\n", " ").splitlines()[0])
-    config = tokens[tokens.index("--config") + 1]
-    return config, [t[len("--config."):] for t in tokens if t.startswith("--config.")]
-
-
-def test_the_pooled_variant_and_its_documented_lines():
-    config_file, overrides = _doc_block(PNW)
+def test_the_pooled_variant_and_its_documented_lines(shared_datasets):
+    config_file, _ = doc_train_command(PNW)
     assert config_file == "configs/visibility.py:pooled"
-    path = station_file(PNW)
-    overrides = [f"data.path={path}" if o.startswith("data.path=") else o for o in overrides]
-    config = config_lib.apply_overrides(config_lib.load_config(str(REPO / config_file)), overrides)
+    config, ds, _ = shared_datasets(PNW)
     assert config.data.split_per_station is True and tuple(config.data.fractions) == (0.7, 0.1, 0.2)
-    ds = build_station_dataset(data_spec(**data_kwargs(config.data)))
     r = ds.report
     assert r["rows"] == 17_426 and r["low_vis_steps"] == 381 and r["missing_steps"] == 46
     assert {s: row["windows"] for s, row in r["per_station"].items()} == {

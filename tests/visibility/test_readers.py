@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import warnings
 
 import numpy as np
@@ -14,35 +13,21 @@ import pandas as pd
 import pytest
 
 from tests.conftest import station_file
-from nowcast_jax.engine import config as config_lib
 from nowcast_jax.visibility import features as feature_lib
-from nowcast_jax.visibility.dataset import build_station_dataset, data_spec
+from nowcast_jax.visibility.dataset import data_spec
 from nowcast_jax.visibility.preprocess import StationContract
 from nowcast_jax.visibility.readers import CANONICAL, CsvContract, convert_units, read_station_csv
 from nowcast_jax.visibility.task import data_kwargs
-from tests.engine_utils import REPO
+from nowcast_jax.visibility.windows import SPLITS
+from tests.visibility.conftest import CHEONGJU, PNW, RKSI, SBGR, SEA15, doc_config
 from tests.visibility.test_dataset import COLUMNS, UNITS, _frame, _load, _write
 
-RKSI = "RKSI_Incheon_113_2023-2026Q1_kma_amos_hourly.csv"
-CHEONGJU = "Cheongju_131_2021-2023_kma_asos_hourly.csv"
 KST = pd.Timedelta(hours=9)
-
-
-def _doc_overrides(name: str, path) -> list[str]:
-    """The ``--config.*`` overrides of the docs/visibility.md block that reads ``name``, with
-    ``data.path`` pointing at ``path`` (the docs give it relative to the checkout)."""
-    text = (REPO / "docs" / "visibility.md").read_text(encoding="utf-8")
-    (block,) = [b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if name in b]
-    tokens = [t[len("--config."):] for t in shlex.split(block.replace("\\\n", " ")) if t.startswith("--config.")]
-    assert any(t.startswith("data.path=") and t.endswith(name) for t in tokens)
-    return [f"data.path={path}" if t.startswith("data.path=") else t for t in tokens]
 
 
 def _kma(name: str):
     path = station_file(name)
-    config = config_lib.apply_overrides(config_lib.load_config(str(REPO / "configs" / "visibility.py")),
-                                        _doc_overrides(name, path))
-    spec = data_spec(**data_kwargs(config.data))
+    spec = data_spec(**data_kwargs(doc_config(name, path).data))
     return path, spec, spec.contract.csv.read(path)
 
 
@@ -107,14 +92,44 @@ def test_cheongju_rows_fog_and_hand_decoded_values(cheongju):
     assert _at_kst(table, "2021-01-01 02:00")["visibility"] == 9620.0       # 962
 
 
-def test_the_docs_lines_give_a_working_preprocessing(rksi, cheongju):
-    """docs/visibility.md's override lines, through the config, data_spec and the whole
-    preprocessing (grid, features, windows, split, scaler): what the docs say they give."""
-    for (path, spec, _), fog, windows, calm in ((rksi, 374, 28_275, 32), (cheongju, 69, 19_355, 3_174)):
-        report = build_station_dataset(spec).report
-        assert report["low_vis_steps"] == fog and report["features_dropped"] == {}
-        assert sum(w["windows"] for w in report["windows"].values()) == windows
-        assert report["wind"]["calm"] == calm        # Cheongju: calm_wind_ms=0.4 = exactly the direction-0 hours
+# Per shared station file, what docs/visibility.md's train line gives (section "Each shared
+# station file"): grid hours below 1000 m per station (the data README's fog hours: SBGR's
+# 1,275 count clock hours in which ANY report was below 1000 m, the reader's hourly rows are
+# one whole report per hour: 972, tests/visibility/test_ncei.py::test_sbgr_fog_hours), windows
+# per station and split, and the features dropped for variables the station does not report.
+SHARED_FILES = {
+    SBGR: dict(fog={"SBGR": 972}, windows={"SBGR": (64_076, 13_907, 13_899)},
+               dropped={"precipitation": ["precipitation"]}, calm=None),
+    RKSI: dict(fog={"113": 374}, windows={"113": (19_801, 4_248, 4_226)}, dropped={}, calm=32),
+    CHEONGJU: dict(fog={"131": 69}, windows={"131": (13_554, 2_886, 2_915)}, dropped={}, calm=3_174),
+    PNW: dict(fog={"PDX": 139, "SEA": 242}, windows={"PDX": (5211, 734, 1429), "SEA": (4916, 693, 1380)},
+              dropped={}, calm=None),
+    SEA15: dict(fog={"SEA": 198}, windows={"SEA": (5077, 999, 983)}, dropped={}, calm=None),
+}
+
+
+@pytest.mark.parametrize("name", list(SHARED_FILES))
+def test_each_shared_station_file(shared_datasets, name):
+    """docs/visibility.md's train line of each shared file, through the config, data_spec and
+    the whole preprocessing (grid, features, windows, split, scaler): windows in every split
+    of every station, and the fog hours of the data README."""
+    want = SHARED_FILES[name]
+    _, ds, warned = shared_datasets(name)
+    report = ds.report
+    per = report["per_station"]
+    assert {s: row["low_vis_steps"] for s, row in per.items()} == want["fog"]
+    assert report["low_vis_steps"] == sum(want["fog"].values())
+    assert {s: tuple(row["windows"][n] for n in SPLITS) for s, row in per.items()} == want["windows"]
+    for split in SPLITS:
+        assert len(ds.split(split)) == sum(w[SPLITS.index(split)] for w in want["windows"].values()) > 0
+        assert np.isfinite(ds.split(split).x).all()
+    assert report["features_dropped"] == want["dropped"]
+    assert [f for f in feature_lib.PAPER_FEATURES_8 if f not in ds.contract.features] == list(want["dropped"])
+    assert [w for w in warned if "dropped" in w] == ([f"data.features='paper8': dropped ['precipitation'], which "
+                                                      f"need ['precipitation'] ({station_file(name)} does not report "
+                                                      "them)"] if want["dropped"] else [])
+    if want["calm"] is not None:     # Cheongju: calm_wind_ms=0.4 = exactly the direction-0 hours
+        assert report["wind"]["calm"] == want["calm"]
 
 
 def test_the_other_spellings_read_the_same(rksi, cheongju):

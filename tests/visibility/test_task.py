@@ -9,6 +9,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from nowcast_jax.engine import loop
@@ -18,8 +19,10 @@ from nowcast_jax.engine import workdir as workdir_lib
 from nowcast_jax.visibility import task as vis
 from nowcast_jax.visibility.forecast import forecast_windows
 from nowcast_jax.visibility.scaling import TargetTransform
-from tests.engine_utils import cli_env, run_cli
-from tests.visibility.conftest import CONFIG, SMALL, tiny_config
+from nowcast_jax.visibility.readers import MILE_M
+from tests.conftest import station_file
+from tests.engine_utils import REPO, cli_env, run_cli
+from tests.visibility.conftest import CONFIG, SEA15, SMALL, doc_train_command, tiny_config
 
 PROTOCOL = ("init_params", "loss_fn", "train_batch", "eval_batches", "state_extras", "load_extras")
 
@@ -195,6 +198,33 @@ def test_cli_end_to_end(weather_csv, tmp_path):
     bad = run_cli("train", "--config", CONFIG + ":tiny", "--workdir", tmp_path / "bad",
                   "--config.data.columns.visibility=vsby", env=env)
     assert bad.returncode == 2 and "error: config.data: column 'vsby' not found" in bad.stderr, bad.stderr
+
+
+def test_cli_on_a_shared_station_file(tmp_path):
+    """docs/visibility.md's lines for seaflights15 (the cheapest shared file), tiny and 5
+    steps: train, evaluate, export, and predict from the artifact on the file as published."""
+    path = station_file(SEA15)
+    config_file, overrides = doc_train_command(SEA15, path)
+    env, work = cli_env(), tmp_path / "run"
+    short = ["train.steps=5", "checkpoint.every_steps=5", "eval.every_steps=5", "train.log_every_steps=5"]
+    r = run_cli("train", "--config", f"{REPO / config_file}:tiny", "--workdir", work,
+                *[f"--config.{o}" for o in overrides + short], env=env)
+    assert r.returncode == 0 and "finished at step 5" in r.stderr, r.stderr[-2000:]
+    r = run_cli("evaluate", "--workdir", work, env=env)
+    assert r.returncode == 0 and "model vs persistence (%)" in r.stdout, r.stderr[-2000:]
+    metrics = json.loads((work / "eval" / "metrics.json").read_text())
+    assert len(metrics["model"]["rmse"]) == 3 and metrics["model"]["n"] == [983] * 3   # SEA's test windows
+    r = run_cli("export", "--workdir", work, "--out", tmp_path / "f.jaxexport", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli("predict", "--artifact", tmp_path / "f.jaxexport", "--input", path, "--out", tmp_path / "f.csv",
+                env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "f.csv")
+    assert table["station"].tolist() == ["SEA"] * 3 and table["horizon_hours"].tolist() == [1.0, 3.0, 6.0]
+    assert set(table["issue_time"]) == {"2015-12-31T07:00:00Z"}          # the file's last hour (UTC)
+    assert ((table["visibility_m"] >= 0) & (table["visibility_m"] <= 10 * MILE_M + 1e-3)).all()
+    sidecar = json.loads((tmp_path / "f.jaxexport.json").read_text())
+    assert sidecar["contract"]["csv"]["station_column"] == "station"
 
 
 def test_resume_keeps_the_stored_contract(task, trained, tmp_path):
