@@ -234,6 +234,7 @@ def _station_cases(tmp_path, weather_csv):
         "time format": ([good, "--config.data.time_format=%d/%m/%Y"], "time_format='%d/%m/%Y'"),
         "time zone": ([good, "--config.data.timezone=Mars/Olympus"], "not an IANA time zone"),
         "missing file": ([f"--config.data.path={tmp_path / 'nope.csv'}"], "nope.csv"),
+        "a folder": ([f"--config.data.path={tmp_path}"], "is a folder; give a file, a list of files or a glob"),
         "empty file": ([f"--config.data.path={tmp_path / 'empty.csv'}"], "empty.csv is empty"),
         "no visibility": ([csv("nan.csv", jfk.assign(visib=float("nan")))], "no row has a valid visibility"),
         "five hours": ([csv("short.csv", jfk.head(5))], "the file is too short"),
@@ -269,6 +270,8 @@ def test_radar_mistakes_are_one_line(tmp_path, capsys, radar_dir, extra, message
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
     assert not (tmp_path / "wd").exists()
+    if "importer" not in message and "files" not in message:  # checked before any event is decoded
+        assert not list((tmp_path / "cache").glob("radar-*"))
 
 
 def test_wrong_kind_of_path_or_config_is_one_line(straight, tmp_path, capsys):

@@ -224,6 +224,9 @@ class RadarTask(_EncoderForecasterTask):
     def __init__(self, config):
         if config.loss.name not in RADAR_LOSSES:
             raise ValueError(f"loss.name must be one of {sorted(RADAR_LOSSES)} for radar; got {config.loss.name!r}")
+        build_model(config.model)  # model and crop mistakes now, before any event is decoded
+        for key in ("crop_size", "eval_crop_size"):
+            parse_crop_size(config.data[key], f"data.{key}")
         reader = reading_contract(config.data)  # what to read and how; the grid is measured through it
         try:
             get_importer(reader.importer)  # an unknown importer: now, not after "starting at step 0"

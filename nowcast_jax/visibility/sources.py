@@ -72,6 +72,9 @@ def expand_sources(path) -> StationSources:
                 raise FileNotFoundError(f"data.path: {item!r} matches no file (relative to {os.getcwd()})")
             paths.extend(found)
             multi = True
+        elif Path(item).expanduser().is_dir():
+            raise FileNotFoundError(f"data.path: {item!r} is a folder; give a file, a list of files or a glob such "
+                                    f"as {os.path.join(item, '*.csv')!r}")
         elif not Path(item).expanduser().is_file():
             where = f" (item of data.path={list(items)})" if is_list else ""
             raise FileNotFoundError(f"data.path: no file {item!r}{where} (relative to {os.getcwd()})")
