@@ -128,6 +128,20 @@ def test_export_takes_full_grid_rain_and_motion_and_predict_estimates_the_motion
     got = np.asarray(plain(full[None, ..., None], motion[None]))[0, ..., 0]
     ref = task.contract.centre_crop(motion_lib.extrapolate_frames(full[-1], motion, task.output_frames))
     np.testing.assert_allclose(np.where(np.isfinite(ref), got, np.nan), ref, rtol=1e-3, atol=1e-3, equal_nan=True)
+    # dirty inputs as the sidecar's nan_policy says: inf is outside the domain like NaN, negative is 0 mm/h,
+    # non-finite motion gives finite forecasts
+    rain = np.nan_to_num(full[None, ..., None], nan=0.0).copy()
+    rng = np.random.default_rng(0)
+    spots = rng.random(rain.shape) < 0.01
+    dirty, clean = rain.copy(), rain.copy()
+    dirty[spots] = np.where(rng.random(spots.sum()) < 0.5, np.inf, -3.0)
+    clean[spots] = np.where(np.isinf(dirty[spots]), np.nan, 0.0)
+    bad_motion = motion[None].copy()
+    bad_motion[0, :3, :3] = np.nan
+    got_dirty = np.asarray(forecast(dirty, bad_motion))
+    assert np.isfinite(got_dirty).all()
+    np.testing.assert_allclose(np.asarray(forecast(dirty, motion[None])), np.asarray(forecast(clean, motion[None])),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_conditioning_is_recorded_and_a_change_refused(extrap_task, radar_config):
