@@ -174,20 +174,20 @@ def test_extrapolation_config_mistakes_are_named(radar_dir, radar_cache, overrid
         precip.make_task(c)
 
 
-def test_cli_train_evaluate_export_predict_with_the_extrapolation_model(radar_dir, radar_cache, tmp_path):
-    from tests.engine_utils import run_cli
+def test_cli_train_evaluate_export_predict_with_the_extrapolation_model(radar_dir, radar_cache, tmp_path, capsys):
+    """The four subcommands in this process (``cli.main``, as ``nowcast-jax`` runs them; the
+    subprocess path of the CLI is tested with the paper model in test_evaluate.py)."""
+    from nowcast_jax import cli
 
-    work, data = tmp_path / "run", [f"--config.data.files={radar_dir / 'mch' / '*' / '*.gif'}",
-                                    f"--config.data.cache_dir={radar_cache}"]
-    done = run_cli("train", "--config", EXTRAP_CFG + ":tiny", "--workdir", work, *data, timeout=300)
-    assert done.returncode == 0, done.stderr
-    done = run_cli("evaluate", "--workdir", work, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "extrapolation" in done.stdout and "optical_flow" in done.stdout and "fss_2.0_4" in done.stdout
-    done = run_cli("export", "--workdir", work, "--out", tmp_path / "f.jaxexport", timeout=300)
-    assert done.returncode == 0, done.stderr
+    work, data = str(tmp_path / "run"), [f"--config.data.files={radar_dir / 'mch' / '*' / '*.gif'}",
+                                         f"--config.data.cache_dir={radar_cache}"]
+    assert cli.main(["train", "--config", EXTRAP_CFG + ":tiny", "--workdir", work, *data]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--workdir", work]) == 0
+    out = capsys.readouterr().out
+    assert "extrapolation" in out and "optical_flow" in out and "fss_2.0_4" in out
+    assert cli.main(["export", "--workdir", work, "--out", str(tmp_path / "f.jaxexport")]) == 0
     folder = sorted(p for p in (radar_dir / "mch").iterdir() if p.is_dir())[0]
-    done = run_cli("predict", "--artifact", tmp_path / "f.jaxexport", "--input", folder, "--out", tmp_path / "p.npz",
-                   "--no-png", timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert cli.main(["predict", "--artifact", str(tmp_path / "f.jaxexport"), "--input", str(folder),
+                     "--out", str(tmp_path / "p.npz"), "--no-png"]) == 0
     assert np.isfinite(np.load(tmp_path / "p.npz")["forecast_mm_h"]).any()
