@@ -37,7 +37,7 @@ Protocol (declared here before anything was scored; nothing below is tuned on a 
   forecasters on the windows every one of them forecasts): per station and pooled over all
   scored stations (their test windows concatenated): RMSE and MAE gain vs persistence and vs
   the MLP at +1/+3/+6 h, written as **gain = 100 (1 - model / reference) %, positive =
-  model better** (the negative of ``station_scores``' ``rmse_gain``); CSI, POD, FAR below
+  model better** (the negative of ``station_scores``' ``rmse_change``); CSI, POD, FAR below
   1000 m for the model and persistence; the RMSE gain vs persistence on hazy starts (start
   below the cap); fog hours in each test block (distinct grid hours < 1000 m that are a
   target of a test window) and fog events per horizon; a day-block bootstrap
@@ -290,9 +290,9 @@ def summarize(res: dict) -> dict:
     out["hazy_rmse_gain_vs_persistence"] = _gain(res["model/hazy"]["rmse"], res["persistence/hazy"]["rmse"])
     b = res["bootstrap"]
     out["bootstrap"] = {"days": b["days"], "resamples": b["resamples"],
-                        "rmse_gain": [-v for v in b["rmse_gain"]],
-                        "rmse_gain_q05": [-v for v in b["rmse_gain_q95"]],
-                        "rmse_gain_q95": [-v for v in b["rmse_gain_q05"]],
+                        "rmse_gain": [-v for v in b["rmse_change"]],
+                        "rmse_gain_q05": [-v for v in b["rmse_change_q95"]],
+                        "rmse_gain_q95": [-v for v in b["rmse_change_q05"]],
                         "csi_diff": b[f"csi_diff_{t}"], "csi_diff_q05": b[f"csi_diff_{t}_q05"],
                         "csi_diff_q95": b[f"csi_diff_{t}_q95"], "p_not_better": b[f"p_not_better_{t}"]}
     return out

@@ -7,9 +7,9 @@ scores of :func:`~nowcast_jax.visibility.scores.score_all` (``results["per_stati
 forecaster (persistence): whole days (a window's UTC end date, per station) are resampled
 with replacement, so the serial correlation of fog hours within a day moves together.
 
-Bootstrap layout (lists over horizons): ``days`` (blocks), ``resamples``, ``rmse_gain``
-(``100 (rmse_model - rmse_ref) / rmse_ref``, negative is better) with ``rmse_gain_q05`` /
-``rmse_gain_q95``, and per threshold ``T`` ``csi_diff_T`` (model - reference, positive is
+Bootstrap layout (lists over horizons): ``days`` (blocks), ``resamples``, ``rmse_change``
+(``100 (rmse_model - rmse_ref) / rmse_ref``, negative is better) with ``rmse_change_q05`` /
+``rmse_change_q95``, and per threshold ``T`` ``csi_diff_T`` (model - reference, positive is
 better) with ``_q05`` / ``_q95`` and ``p_not_better_T`` (share of resamples where the model's
 CSI is not above the reference's).
 """
@@ -57,13 +57,13 @@ def day_block_bootstrap(model: dict, ref: dict, obs, days, *, thresholds=(1000.0
     count = _per_day(np.ones_like(obs), inv, d)
     idx = np.random.default_rng(seed).integers(0, max(d, 1), (n, d))
 
-    def rmse_gain(rows):
+    def rmse_change(rows):
         with np.errstate(invalid="ignore", divide="ignore"):
             m, r = (np.sqrt(sq[k][rows].sum(-2) / count[rows].sum(-2)) for k in ("model", "ref"))
             return 100.0 * (m - r) / r
 
-    out = {"days": int(d), "resamples": int(n), "rmse_gain": rmse_gain(np.arange(d)).tolist()}
-    out.update(_interval("rmse_gain", rmse_gain(idx)))
+    out = {"days": int(d), "resamples": int(n), "rmse_change": rmse_change(np.arange(d)).tolist()}
+    out.update(_interval("rmse_change", rmse_change(idx)))
     for t in thresholds:
         name, seen = scores.thr_name(t), obs < float(t)
         csi = {}
@@ -144,7 +144,7 @@ def station_table(results: dict, horizons_hours, threshold: float = 1000.0) -> s
         for j, h in enumerate(horizons_hours):
             fog = p[f"hits_{name}"][j] + p[f"misses_{name}"][j]
             cells = [station, f"+{h:g} h", str(m["n"][j]), str(fog), _num(m[f"csi_{name}"][j]),
-                     _num(p[f"csi_{name}"][j]), _cell(boot, "rmse_gain", j, "{:+.1f}"),
+                     _num(p[f"csi_{name}"][j]), _cell(boot, "rmse_change", j, "{:+.1f}"),
                      "n/a" if mlp is None or not np.isfinite(mlp[j]) else f"{mlp[j]:+.1f}",
                      _cell(boot, f"csi_diff_{name}", j, "{:+.3f}")]
             lines.append("| " + " | ".join(cells) + " |")

@@ -92,7 +92,8 @@ def test_cli_radar_tiny_end_to_end(radar_dir, radar_cache, cropped_radar, tmp_pa
     files = f"--config.data.files={radar_dir / 'mch' / '*' / '*.gif'}"
     cache = f"--config.data.cache_dir={radar_cache}"
     env = cli_env()
-    r = run_cli("train", "--config", RADAR_CFG + ":tiny", "--workdir", work, files, cache, env=env, timeout=180)
+    full = "--config.data.eval_crop_size=0"  # the full frame, as the command line gives it ((0,)): issue 16
+    r = run_cli("train", "--config", RADAR_CFG + ":tiny", "--workdir", work, files, cache, full, env=env, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     r = run_cli("evaluate", "--workdir", work, f"--config.eval.out_dir={work / 'eval'}", env=env, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -111,3 +112,10 @@ def test_cli_radar_tiny_end_to_end(radar_dir, radar_cache, cropped_radar, tmp_pa
     # another downsampling would change what the weights mean: refused, naming the key and both values
     r = run_cli("evaluate", "--workdir", work, "--config.data.downsample=4", env=env, timeout=180)
     assert r.returncode == 2 and "data.downsample is 4 but the checkpoint was trained with 8" in r.stderr, r.stderr
+    # and the workdir trained with eval_crop_size=0 exports (in this process: the CLI's code path)
+    from nowcast_jax import cli
+
+    assert cli.main(["export", "--workdir", str(work), "--out", str(tmp_path / "full.jaxexport")]) == 0
+    sidecar = json.loads((tmp_path / "full.jaxexport.json").read_text())
+    assert sidecar["inputs"][0]["shape"][2:4] == sidecar["preprocess"]["eval_crop"]  # the full frame
+    assert list(sidecar["preprocess"]["eval_crop"]) == list(sidecar["preprocess"]["grid"])

@@ -39,7 +39,7 @@ def test_evaluate_structure_and_plots(task, trained, tmp_path):
         assert (tmp_path / png).stat().st_size > 1000
     text = ev.format_report(res, run)
     assert "model vs persistence (%)" in text and "Hazy starts" in text and "+6 h" in text
-    assert res["bootstrap"]["days"] > 0 and len(res["bootstrap"]["rmse_gain_q05"]) == 3
+    assert res["bootstrap"]["days"] > 0 and len(res["bootstrap"]["rmse_change_q05"]) == 3
     assert "per_station" not in res                       # one station (JFK): pooled = it
     assert f"| pooled | +1 h | {n} |" in text
     assert (tmp_path / "report_test.md").read_text().strip() == text.strip()

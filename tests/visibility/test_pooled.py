@@ -237,7 +237,7 @@ def test_the_day_block_bootstrap_matches_a_python_loop():
     boot = station_scores.day_block_bootstrap(fc["model"], fc["persistence"], w.y, days, n=30, seed=3)
     assert boot["days"] == 80 and boot["resamples"] == 30
     rmse = {k: np.sqrt(((f["value"] - w.y) ** 2).mean(0)) for k, f in fc.items()}
-    np.testing.assert_allclose(boot["rmse_gain"], 100 * (rmse["model"] - rmse["persistence"]) / rmse["persistence"])
+    np.testing.assert_allclose(boot["rmse_change"], 100 * (rmse["model"] - rmse["persistence"]) / rmse["persistence"])
     labels = sorted(set(days.tolist()))
     idx = np.random.default_rng(3).integers(0, len(labels), (30, len(labels)))
     gains, diffs = [], []
@@ -251,7 +251,7 @@ def test_the_day_block_bootstrap_matches_a_python_loop():
             e, o = f["value"][sel] < 1000, obs < 1000
             csi[k] = (e & o).sum(0) / ((e & o).sum(0) + (~e & o).sum(0) + (e & ~o).sum(0))
         diffs.append(csi["model"] - csi["persistence"])
-    np.testing.assert_allclose(boot["rmse_gain_q05"], np.quantile(gains, 0.05, axis=0))
+    np.testing.assert_allclose(boot["rmse_change_q05"], np.quantile(gains, 0.05, axis=0))
     np.testing.assert_allclose(boot["csi_diff_1000_q95"], np.quantile(diffs, 0.95, axis=0))
     np.testing.assert_allclose(boot["p_not_better_1000"], np.mean(np.asarray(diffs) <= 0, axis=0))
 
