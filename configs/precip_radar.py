@@ -15,9 +15,9 @@ set the whole dict, e.g. ``--config.data.importer_kwargs="{'product': 'RZC', 'un
 'accutime': 5.0}"``: MeteoSwiss needs product, unit and accutime together),
 ``data.files`` (glob), ``data.fn_pattern`` (pysteps archive pattern), ``data.input_frames``,
 ``data.output_frames``,
-``data.downsample``, ``data.crop_size``, ``data.eval_crop_size`` (0 = full frame; both must
-fit the downsampled frame and be multiples of ``model.patch_size``, else a config error names
-both sizes), ``data.timestep_minutes`` (the files' step or a multiple of it: windows then take
+``data.downsample``, ``data.crop_size``, ``data.eval_crop_size`` (0 = the full frame, trimmed
+to the largest multiple of ``model.patch_size``; other sizes must fit the downsampled frame and
+be multiples of ``model.patch_size``, else a config error names both sizes), ``data.timestep_minutes`` (the files' step or a multiple of it: windows then take
 every n-th file; any other step is refused naming the files' step), ``data.test_events`` /
 ``data.val_events`` (event index or id prefix), ``data.zr_a`` / ``data.zr_b`` (Z-R for
 reflectivity importers; 0 = from the importer's metadata). These settings, the downsampled

@@ -59,7 +59,9 @@ def crop_shape(crop_size: int | tuple[int, int] | None, frame_shape: tuple[int, 
 def check_crop(crop_size, grid: tuple[int, int], key: str = "data.crop_size", downsample_factor: int | None = None,
                *, multiple: int = 1) -> tuple[int, int]:
     """``(h, w)`` of the config crop ``crop_size`` (``key``, e.g. ``data.crop_size`` or
-    ``data.eval_crop_size``; 0 = the full frame) on the measured, downsampled ``grid``.
+    ``data.eval_crop_size``; 0 = the full frame, trimmed to the largest multiple of ``multiple``:
+    a 160 x 177 frame with 4x4 patches is scored on its centred 160 x 176) on the measured,
+    downsampled ``grid``.
 
     A crop larger than the grid (or, with ``multiple`` > 1, e.g. ``model.patch_size``, a crop
     that is not a multiple of it) is a :class:`ConfigError` naming ``key``, the crop, the grid,
@@ -71,15 +73,16 @@ def check_crop(crop_size, grid: tuple[int, int], key: str = "data.crop_size", do
     m = max(1, int(multiple))
     fits = (grid[0] // m * m, grid[1] // m * m)  # the largest crop that fits (and is a multiple of ``multiple``)
     of_m = f" (multiples of model.patch_size={m})" if m > 1 else ""
-    full = "0 (the full frame) or " if fits == grid else ""
+    full = "0 (the full frame) or " if fits == grid else f"0 (the full frame trimmed to {fits}) or "
     try:
         hw = crop_shape(size, grid)
     except ValueError:
         raise ConfigError(f"{key}={shown} does not fit the frame: the files decode to {grid[0]}x{grid[1]} pixels"
                           f"{scale}; set {key}={full}a size up to {fits}{of_m}") from None
+    if size is None:  # 0 = the full frame, trimmed (centred) to the largest multiple of ``multiple``
+        return fits
     if hw[0] % m or hw[1] % m:
-        what = "the full frame " if size is None else ""
-        raise ConfigError(f"{key}={shown}: {what}{hw[0]}x{hw[1]} is not a multiple of model.patch_size={m} "
+        raise ConfigError(f"{key}={shown}: {hw[0]}x{hw[1]} is not a multiple of model.patch_size={m} "
                           f"(the files decode to {grid[0]}x{grid[1]} pixels{scale}); set {key}={full}"
                           f"a size up to {fits}{of_m}")
     return hw

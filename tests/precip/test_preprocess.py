@@ -191,10 +191,11 @@ def test_crops_that_do_not_fit_name_the_key_the_sizes_and_the_fix():
                                           r"data.downsample=8; set data.crop_size=0 \(the full frame\) or a size "
                                           r"up to \(64, 64\)"):
         check_crop(100, (64, 64), "data.crop_size", 8)
-    # with the patch known: the full frame 40x45 is no multiple of 4, so 0 is not offered
-    with pytest.raises(ConfigError, match=r"data.eval_crop_size=0: the full frame 40x45 is not a multiple of "
-                                          r"model.patch_size=4 .* set data.eval_crop_size=a size up to \(40, 44\)"):
-        check_crop(0, (40, 45), "data.eval_crop_size", 8, multiple=4)
+    # with the patch known: 0 on a frame of 40x45 is its centred 40x44 (the largest multiple of 4), and is offered so
+    assert check_crop(0, (40, 45), "data.eval_crop_size", 8, multiple=4) == (40, 44)
+    with pytest.raises(ConfigError, match=r"set data.eval_crop_size=0 \(the full frame trimmed to \(40, 44\)\) or a "
+                                          r"size up to \(40, 44\)"):
+        check_crop((48, 48), (40, 45), "data.eval_crop_size", 8, multiple=4)
     with pytest.raises(ConfigError, match=r"data.crop_size=\(30,30\): 30x30 is not a multiple of model.patch_size=4"):
         check_crop((30, 30), (80, 88), "data.crop_size", multiple=4)
 
