@@ -13,10 +13,13 @@ Without the three JAX variables, JAX detects the cluster itself (SLURM, Open MPI
 On CPU hosts the collectives use gloo (``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` overrides).
 A process other than 0 first waits (up to the timeout) for process 0's coordinator port to
 accept connections, and otherwise stops with a :class:`DistributedError` naming the
-coordinator, its id and what to check. Process 0 says on stderr how long it waits for its
-peers; when one never registers, XLA itself ends the process after the timeout (it aborts
-with ``DEADLINE_EXCEEDED``, which no Python code can catch), right below that line.
-Standard library until :func:`initialize` imports jax.
+coordinator, its id and what to check. Every process then says on stderr how long it waits
+for its peers. When one never registers, XLA would abort the process with
+``DEADLINE_EXCEEDED`` (a C++ check failure no Python code can catch), so a watchdog thread
+(:class:`_Watchdog`) ends it first, at the timeout: one ``error:`` line naming the process,
+the coordinator, the number of processes expected, what to check and the variable to raise,
+and exit code 2. XLA is given :data:`XLA_GRACE_S` more seconds than the watchdog, so its
+abort never wins the race. Standard library until :func:`initialize` imports jax.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 from typing import Mapping
 
 ENABLE = "NOWCAST_JAX_DISTRIBUTED"
 TIMEOUT = "NOWCAST_JAX_DISTRIBUTED_TIMEOUT"
 RUN_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+XLA_GRACE_S = 10  # XLA's own deadline is this much later than the watchdog's
 
 
 class DistributedError(RuntimeError):
@@ -102,15 +107,59 @@ def initialize(environ: Mapping[str, str] = os.environ) -> bool:
 
     jax.config.update("jax_cpu_collectives_implementation",
                       environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION", "gloo"))
+    watchdog = _Watchdog(timeout, _missing_peer_message(kwargs)).start()
     try:
-        jax.distributed.initialize(**kwargs)
+        jax.distributed.initialize(**{**kwargs, "initialization_timeout": timeout + XLA_GRACE_S})
     except Exception as err:  # noqa: BLE001 - whatever the transport says, the fix is the same
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise DistributedError(
             f"{_join_message(kwargs)}: could not join within {timeout} s ({first}); "
             f"start every process with the same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, a distinct "
             f"JAX_PROCESS_ID, and check that process 0 is reachable (or raise {TIMEOUT})") from None
+    finally:
+        watchdog.cancel()
     return True
+
+
+def _missing_peer_message(kwargs: dict) -> str:
+    """The one line for a run whose processes did not all register within the timeout."""
+    timeout, address = kwargs["initialization_timeout"], kwargs.get("coordinator_address", "(detected)")
+    if "num_processes" in kwargs:
+        n = kwargs["num_processes"]
+        expected = f"expected {n} processes"
+        start = (f"start every process (JAX_PROCESS_ID 0 to {n - 1}) with JAX_COORDINATOR_ADDRESS={address} "
+                 f"and JAX_NUM_PROCESSES={n}")
+    else:
+        expected, start = "expected the processes of the detected cluster", "start every process of the run"
+    return (f"{_join_message(kwargs)}: not every process joined within {timeout} s ({expected}); {start}, "
+            f"check that each reaches {address} (host, port, firewall), or raise {TIMEOUT}")
+
+
+class _Watchdog:
+    """Ends the process with ``message`` on stderr and exit code 2 unless cancelled within
+    ``seconds``; cancelling and firing exclude each other (one of them wins)."""
+
+    def __init__(self, seconds: float, message: str):
+        self._message, self._lock, self._cancelled = message, threading.Lock(), False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True  # never keeps a finished process alive
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            sys.stdout.flush()
+            print(f"error: {self._message}", file=sys.stderr, flush=True)
+            os._exit(2)  # the main thread is blocked in XLA: only ending the process stops it
+
+    def start(self) -> "_Watchdog":
+        self._timer.start()
+        return self
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+        self._timer.cancel()
 
 
 def process_zero_says(value: bool) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -70,6 +71,26 @@ def test_a_peer_without_its_coordinator_stops_with_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines() == [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "process 1 of 2" in proc.stderr and "nothing answers there after 2 s" in proc.stderr
+    assert not (tmp_path / "wd").exists()
+
+
+def test_a_lone_coordinator_stops_with_one_line_at_its_timeout(tmp_path):
+    """Process 0 whose peer never registers: the watchdog's line and exit 2 at the timeout,
+    not XLA's DEADLINE_EXCEEDED abort (a C++ stack trace, exit 134) seconds later."""
+    port = _free_port()
+    started = time.monotonic()
+    proc = run_cli("train", "--config", TOY, "--workdir", tmp_path / "wd", env=_env(port, 0, timeout=2))
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    assert last == (f"error: process 0 of 2, coordinator 127.0.0.1:{port}: not every process joined within 2 s "
+                    f"(expected 2 processes); start every process (JAX_PROCESS_ID 0 to 1) with "
+                    f"JAX_COORDINATOR_ADDRESS=127.0.0.1:{port} and JAX_NUM_PROCESSES=2, check that each reaches "
+                    f"127.0.0.1:{port} (host, port, firewall), or raise NOWCAST_JAX_DISTRIBUTED_TIMEOUT")
+    assert proc.stderr.count("error:") == 1
+    for abort in ("DEADLINE_EXCEEDED", "Check failure", "Traceback"):
+        assert abort not in proc.stderr
+    assert elapsed < 2 + distributed.XLA_GRACE_S  # the watchdog, not XLA's later deadline
     assert not (tmp_path / "wd").exists()
 
 
