@@ -29,7 +29,7 @@ from typing import Callable
 from nowcast_jax import applications
 from nowcast_jax.engine import config as config_lib
 from nowcast_jax.engine.defaults import EngineConfigError, check_engine_config
-from nowcast_jax.engine.lock import WorkdirLockedError
+from nowcast_jax.engine.lock import LOCK_NAME, WorkdirLockedError
 from nowcast_jax.engine.workdir import WorkdirError, stored_config
 from nowcast_jax.metrics import json_safe
 
@@ -62,6 +62,9 @@ def _resolve_config(spec: str | None, workdir: Path | None, overrides: list[str]
     """Config from ``spec`` (file[:variant]) or else the workdir's stored one, plus overrides."""
     if spec:
         base = config_lib.load_config(spec)
+    elif workdir is not None and not (workdir / "config.json").exists():
+        raise CLIError(f"{workdir} holds no config.json of an earlier run: give --config configs/NAME.py[:VARIANT] "
+                       "to start one there")
     elif workdir is not None:
         base = stored_config(workdir)
     else:
@@ -118,8 +121,8 @@ def _run_lock(workdir: Path, say):
 def _run_train(args, overrides: list[str]) -> int:
     """Check the config, take the workdir's lock, then let the task read its data and train:
     a second trainer refuses before any data are read, and a mistake found while the task
-    reads its data leaves no workdir behind (when this call made it)."""
-    from nowcast_jax.engine import lock as lock_lib
+    reads its data (or a disk that fills before the first step) leaves no workdir behind
+    (when this call made it)."""
     from nowcast_jax.engine import loop
 
     config = _resolve_config(args.config, args.workdir, overrides)
@@ -135,10 +138,31 @@ def _run_train(args, overrides: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except BaseException:
-        if made and {p.name for p in args.workdir.iterdir()} <= {lock_lib.LOCK_NAME}:
-            shutil.rmtree(args.workdir, ignore_errors=True)  # nothing but our lock: no half-made workdir
+        if made and _is_process_zero() and _holds_no_run(args.workdir):
+            shutil.rmtree(args.workdir, ignore_errors=True)  # no half-made workdir
         raise
     return 0 if result.reason in ("done", "signal", "already_done") else 1
+
+
+START_FILES = (LOCK_NAME, "config.json", "config.json.tmp", "checkpoints")  # written before step 1
+
+
+def _holds_no_run(workdir: Path) -> bool:
+    """True when ``workdir`` holds only what a start writes before its first step (the lock,
+    the config, an empty checkpoint folder): nothing of a run a user could want back."""
+    try:
+        names = {p.name for p in workdir.iterdir()}
+        checkpoints = workdir / "checkpoints"
+        return names <= set(START_FILES) and not (checkpoints.is_dir() and any(checkpoints.iterdir()))
+    except OSError:  # gone, or unreadable: leave it
+        return False
+
+
+def _is_process_zero() -> bool:
+    """Only process 0 of a run removes a workdir (the others may share its filesystem)."""
+    if "jax" not in sys.modules:
+        return True  # failed before JAX was imported: a single process
+    return sys.modules["jax"].process_index() == 0
 
 
 # ------------------------------------------------------------------------------ evaluate
@@ -374,11 +398,14 @@ def _user_error(err: BaseException) -> str | None:
     if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in _EXTRAS:
         top = err.name.split(".")[0]
         return f"this needs the optional package {top!r}: pip install 'nowcast-jax[{_EXTRAS[top]}]'"
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
-        where = f" ({err.filename})" if err.filename else ""
+    where = f" ({err.filename})" if isinstance(err, OSError) and err.filename else ""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"cannot write{where}: {err.strerror}; free space or choose a writable --workdir / --out"
+    if isinstance(err, OSError) and err.errno == errno.EROFS:
+        return f"cannot write{where}: {err.strerror}; choose a --workdir / --out on a writable disk"
     if isinstance(err, PermissionError):
-        return f"permission denied: {err.filename or err}"
+        return (f"permission denied: {err.filename or err}: this user may not write (or read) it; choose a "
+                "--workdir / --out you can write, or fix the permissions of that path and its folder")
     if isinstance(err, FileExistsError):
         return f"{err.filename} exists and is not a folder: give a folder (e.g. --out DIR)"
     if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):

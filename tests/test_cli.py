@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import json
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -283,3 +288,224 @@ def test_wrong_kind_of_path_or_config_is_one_line(straight, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "reads config key" in err and "lacks" in err
     assert not (tmp_path / "wd").exists()
+
+
+def _is_one_error_line(err: str) -> bool:
+    return err.startswith("error: ") and err.count("\n") == 1
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with its bytes (None: a folder): what a reader must not change."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
+# ------------------------------------------------------------------ the environment: read-only, full, no package
+class _CapHeader(ctypes.Structure):  # linux/capability.h, version 3
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+CAP_DAC_OVERRIDE = 1  # what lets root write into a folder without its write bit
+
+
+@contextlib.contextmanager
+def _write_bits_apply():
+    """The block runs as a process that a folder's missing write bit stops. Root (as in CI
+    containers) is not stopped by chmod, so its thread drops CAP_DAC_OVERRIDE from its
+    effective set for the block (Linux capabilities are per thread; restored after)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()
+        if libc.capget(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capget")
+        saved = data[0].effective
+        data[0].effective &= ~(1 << CAP_DAC_OVERRIDE)
+        if libc.capset(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capset")
+    except (AttributeError, OSError) as err:
+        pytest.skip(f"running as root and cannot drop CAP_DAC_OVERRIDE ({err}): chmod 0o555 would not stop it")
+    try:
+        yield
+    finally:
+        data[0].effective = saved
+        libc.capset(ctypes.byref(header), data)
+
+
+@pytest.mark.parametrize("into", ["a new folder inside it", "the folder itself"])
+def test_a_read_only_folder_is_one_line(tmp_path, capsys, into):
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    workdir = folder / "wd" if into == "a new folder inside it" else folder
+    folder.chmod(0o555)
+    try:
+        with _write_bits_apply():
+            code = cli.main(["train", "--config", TOY, "--workdir", str(workdir)])
+    finally:
+        folder.chmod(0o755)
+    err = capsys.readouterr().err
+    assert code == 2 and _is_one_error_line(err), err
+    refused = workdir if workdir != folder else folder / "train.lock"
+    assert err.startswith(f"error: permission denied: {refused}: "), err
+    assert "choose a --workdir / --out you can write, or fix the permissions" in err
+    assert list(folder.iterdir()) == []
+
+
+def _fill_disk_at(monkeypatch, write: str) -> None:
+    """The disk is full at ``write``: the lock's first bytes, or the stored config (whose
+    temporary file is created empty, as a real full disk leaves it)."""
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    write_text = Path.write_text
+
+    def no_space_for_the_config(self, *args, **kwargs):
+        if self.name != "config.json.tmp":
+            return write_text(self, *args, **kwargs)
+        self.touch()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    if write == "lock":
+        monkeypatch.setattr(os, "pwrite", no_space)
+    else:
+        monkeypatch.setattr(Path, "write_text", no_space_for_the_config)
+
+
+@pytest.mark.parametrize("write, file", [("lock", "train.lock"), ("config", "config.json.tmp")])
+def test_a_full_disk_is_one_line_and_leaves_no_workdir(tmp_path, capsys, monkeypatch, write, file):
+    workdir = tmp_path / "wd"
+    _fill_disk_at(monkeypatch, write)
+    code = cli.main(["train", "--config", TOY, "--workdir", str(workdir)])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert code == 2 and [line for line in lines if line.startswith("error:")] == lines[-1:], err
+    assert lines[-1] == (f"error: cannot write ({workdir / file}): No space left on device; free space or "
+                         "choose a writable --workdir / --out")
+    assert "Traceback" not in err
+    assert not workdir.exists()  # the lock, an empty checkpoint folder and the config's tmp file: removed
+
+
+def test_a_missing_optional_package_is_one_line(tmp_path, capsys, monkeypatch, radar_dir):
+    monkeypatch.setitem(sys.modules, "pysteps", None)  # `import pysteps` raises ModuleNotFoundError(name="pysteps")
+    workdir, cache = tmp_path / "wd", tmp_path / "cache"
+    code = cli.main(["train", "--config", str(CONFIGS / "precip_radar.py") + ":tiny", "--workdir", str(workdir),
+                     f"--config.data.cache_dir={cache}"])
+    err = capsys.readouterr().err
+    assert code == 2 and _is_one_error_line(err), err
+    assert err == "error: this needs the optional package 'pysteps': pip install 'nowcast-jax[radar]'\n"
+    assert not workdir.exists() and not list(cache.glob("radar-*"))
+
+
+# ------------------------------------------------------------------ a fuzz list of workdirs readers refuse
+GIVE_A_WORKDIR = "give the folder that 'nowcast-jax train --workdir' wrote"
+
+
+def _workdir_cases(tmp_path) -> dict[str, tuple[Path, str]]:
+    """Name -> (a --workdir that holds no usable run, what its error line says)."""
+    from nowcast_jax.engine import config as config_lib
+    from tests.engine_utils import toy_config
+
+    def folder(name, files=None):
+        path = tmp_path / name
+        path.mkdir()
+        for file, content in (files or {}).items():
+            (path / file).parent.mkdir(parents=True, exist_ok=True)
+            (path / file).write_bytes(content)
+        return path
+
+    config = config_lib.to_json(toy_config()).encode()
+    stopped = folder("stopped", {"config.json": config, "train.lock": b"",
+                                 "metrics.jsonl": b'{"step": 1, "kind": "train", "loss": 1.0}\n'})
+    (stopped / "checkpoints").mkdir()  # what a run killed before its first save leaves
+    (tmp_path / "a_file").write_text("not a folder")
+    no_run = "is not a training workdir (it holds no config.json): " + GIVE_A_WORKDIR
+    no_checkpoint = "before its first checkpoint; continue it with 'nowcast-jax train --workdir"
+    not_ours = "is not a config written by 'nowcast-jax train'"
+    return {
+        "empty folder": (folder("empty"), no_run),
+        "random files": (folder("random", {"notes.txt": b"my notes", "data.bin": bytes(range(256)),
+                                           "checkpoints/x": b"?"}), no_run),
+        "stopped before its first checkpoint": (stopped, no_checkpoint),
+        "config.json alone": (folder("config_only", {"config.json": config}), no_checkpoint),
+        "config.json not JSON": (folder("not_json", {"config.json": b"hello"}), not_ours),
+        "config.json of something else": (folder("other_json", {"config.json": b'{"a": 1}'}),
+                                          not_ours + " (it names no task)"),
+        "config.json with a task alone": (folder("task_only", {"config.json": b'{"task": "tests.toy_task:make_task"}'}),
+                                          not_ours + " (it lacks seed, train, checkpoint, eval)"),
+        "a file": (tmp_path / "a_file", "is a file, not a training workdir: " + GIVE_A_WORKDIR),
+        "nonexistent": (tmp_path / "nope", "does not exist: " + GIVE_A_WORKDIR),
+    }
+
+
+def _reader_commands(workdir: Path, out: Path) -> dict[str, list[str]]:
+    return {"evaluate": ["evaluate", "--workdir", str(workdir)],
+            "export": ["export", "--workdir", str(workdir), "--out", str(out / "f.jaxexport")],
+            "predict": ["predict", "--workdir", str(workdir), "--input", str(out / "in.npz"), "--out", str(out / "f.npz")]}
+
+
+def test_readers_refuse_what_is_no_workdir_in_one_line(tmp_path, capsys):
+    cases, out = _workdir_cases(tmp_path), tmp_path / "out"
+    for name, (workdir, message) in cases.items():
+        before = _tree(workdir) if workdir.is_dir() else workdir.exists()
+        for command, argv in _reader_commands(workdir, out).items():
+            code = cli.main(argv)
+            err = capsys.readouterr().err
+            assert code == 2 and _is_one_error_line(err), (name, command, err)
+            assert str(workdir) in err and message in err, (name, command, err)
+            assert (_tree(workdir) if workdir.is_dir() else workdir.exists()) == before, (name, command)
+        assert not out.exists(), name
+
+
+def test_train_without_a_config_on_a_folder_of_no_run_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    for workdir in (tmp_path, tmp_path / "new"):
+        assert cli.main(["train", "--workdir", str(workdir)]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"error: {workdir} holds no config.json of an earlier run: give --config "
+                       "configs/NAME.py[:VARIANT] to start one there\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+# ------------------------------------------------------------------ a fuzz list of radar folders predict refuses
+@pytest.fixture(scope="module")
+def radar_folder_artifact(tmp_path_factory):
+    """A tiny untrained radar forecaster whose sidecar reads MeteoSwiss files from a folder."""
+    pytest.importorskip("flatbuffers", reason="jax.export serialization needs the 'flatbuffers' package")
+    from nowcast_jax.engine import export
+    from tests.export_fns import tiny_precip_fn
+
+    frames = (3, 8, 8, 1)
+    sidecar = {"kind": "radar", "time_step_minutes": 5, "units": "mm/h", "inputs": [{"name": "rain", "units": "mm/h"}],
+               "radar": {"importer": "mch_gif", "fn_pattern": "AQC%y%j%H%M?_00005.801"}}
+    return export.export_forecaster(tiny_precip_fn(frames, 2), export.batch_specs((frames, "float32")), sidecar,
+                                    tmp_path_factory.mktemp("radar_folder") / "radar.jaxexport")
+
+
+NO_RADAR_FILE = ("no file there matches the forecaster's pattern 'AQC%y%j%H%M?_00005.801' (mch_gif files); "
+                 "give a folder holding the last 3 radar files, or an .npz with rain_mm_h")
+
+
+@pytest.mark.parametrize("files, message", [
+    ({}, "no radar file in {folder}: " + NO_RADAR_FILE),
+    ({"README.txt": b"radar files of the last hour\n"}, "no radar file in {folder}: " + NO_RADAR_FILE),
+    (None, "{folder} does not exist: give a folder of radar files or an .npz with rain_mm_h"),
+], ids=["no radar files", "only a README", "nonexistent"])
+def test_predict_refuses_a_radar_folder_without_radar_files(radar_folder_artifact, tmp_path, capsys, files, message):
+    folder = tmp_path / "frames"
+    if files is not None:
+        folder.mkdir()
+        for name, content in files.items():
+            (folder / name).write_bytes(content)
+    before = _tree(folder) if files is not None else None
+    code = cli.main(["predict", "--artifact", str(radar_folder_artifact), "--input", str(folder),
+                     "--out", str(tmp_path / "out" / "f.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and _is_one_error_line(err), err
+    assert err == f"error: {message.format(folder=folder)}\n"
+    assert (_tree(folder) if files is not None else folder.exists()) == (before if files is not None else False)
+    assert not (tmp_path / "out").exists()

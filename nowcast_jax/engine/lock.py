@@ -68,9 +68,12 @@ def writer_lock(workdir, say: Callable[[str], None] = print) -> Iterator[Path]:
             say(f"took over the lock of a run that is gone ({_holder(previous)})")
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            os.fsync(fd)
+        except OSError as err:  # a full disk: name the file (a write to an fd names none)
+            raise OSError(err.errno, err.strerror, str(path)) from None
         try:
             yield path
         finally:

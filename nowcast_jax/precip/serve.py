@@ -170,6 +170,8 @@ def read_radar_frames(contract: RadarContract, input_path, *, crop: bool = True
         rain, times = _read_npz(input_path)
     elif input_path.is_dir():
         rain, times = _read_folder(contract, input_path)
+    elif not input_path.exists():
+        raise ServeError(f"{input_path} does not exist: give a folder of radar files or an .npz with rain_mm_h")
     else:
         raise ServeError(f"{input_path}: expected a folder of radar files or an .npz with rain_mm_h")
     if rain.shape[0] < steps:
@@ -210,7 +212,9 @@ def _read_folder(contract: RadarContract, folder: Path) -> tuple[np.ndarray, lis
     regex, _ = archive.fn_pattern_regex(contract.fn_pattern)
     named = [str(p) for p in sorted(folder.iterdir()) if p.is_file() and regex.match(p.name)]
     if not named:  # other files (a README, an earlier forecast) are not radar files: left alone
-        raise ServeError(f"no file in {folder} matches the pattern {contract.fn_pattern!r}")
+        raise ServeError(f"no radar file in {folder}: no file there matches the forecaster's pattern "
+                         f"{contract.fn_pattern!r} ({contract.importer} files); give a folder holding the last "
+                         f"{contract.input_steps} radar files, or an .npz with rain_mm_h")
     try:
         frames = archive.list_frames(named, contract.fn_pattern)[-contract.input_steps:]
     except ValueError as err:  # a name with the pattern's shape but no valid date, duplicate times
