@@ -24,7 +24,9 @@ def default_engine_config() -> ml_collections.ConfigDict:
     linear warmup of ``warmup_steps``. ``grad_clip_norm`` / ``weight_decay`` of 0 disable
     clipping / decoupled weight decay (applied to parameters with ndim >= 2).
     ``checkpoint.best_metric`` names an eval metric (``"loss"`` or an aux metric of the
-    task's ``loss_fn``); ``""`` keeps only the latest steps.
+    task's ``loss_fn``); ``""`` keeps only the latest steps. ``train.prefetch_batches``
+    training batches are built ahead in a background thread while the step runs (0: each
+    batch is built in the loop's thread; the batches are the same either way).
     """
     c = ml_collections.ConfigDict()
     c.task = ""
@@ -35,7 +37,7 @@ def default_engine_config() -> ml_collections.ConfigDict:
                        centered=False),
         schedule=dict(name="constant", warmup_steps=0, alpha=0.0),
         grad_clip_norm=0.0, weight_decay=0.0, max_consecutive_skips=10,
-        log_every_steps=50, tensorboard=False))
+        log_every_steps=50, tensorboard=False, prefetch_batches=2))
     c.checkpoint = ml_collections.ConfigDict(dict(
         every_steps=500, max_to_keep=3, best_metric="loss", best_mode="min", async_save=True))
     c.eval = ml_collections.ConfigDict(dict(every_steps=500, batches=8, batch_size=0, split="val"))
@@ -51,6 +53,7 @@ _RULES = (  # (key, test, what a valid value is)
     ("train.schedule.warmup_steps", lambda v: v >= 0, ">= 0"),
     ("train.max_consecutive_skips", lambda v: v >= 0, ">= 0 (0: never stop)"),
     ("train.log_every_steps", lambda v: v >= 0, ">= 0"),
+    ("train.prefetch_batches", lambda v: v >= 0 and v == int(v), "a whole number >= 0 (0: build each batch when its step starts)"),
     ("checkpoint.every_steps", lambda v: v >= 0, ">= 0 (0: only at the end)"),
     ("checkpoint.max_to_keep", lambda v: v >= 1, ">= 1"),
     ("eval.batch_size", lambda v: v >= 0, ">= 0 (0: train.batch_size)"),

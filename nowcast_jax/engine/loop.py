@@ -32,8 +32,9 @@ import jax
 import numpy as np
 
 from nowcast_jax.engine import checkpoint as ckpt_lib
-from nowcast_jax.engine import lock as lock_lib
 from nowcast_jax.engine import config as config_lib
+from nowcast_jax.engine import lock as lock_lib
+from nowcast_jax.engine import prefetch as prefetch_lib
 from nowcast_jax.engine import state as state_lib
 from nowcast_jax.engine.defaults import EngineConfigError, check_engine_config
 
@@ -342,11 +343,15 @@ def _run(config, workdir, task, manager, mesh, tx, schedule, state, start, strea
     log = MetricsLog(workdir, start, bool(config.train.tensorboard), enabled=jax.process_index() == 0)
     progress = Progress(start, total, stream)
     pending, reason, step = None, "done", start
+
+    def make_batch(n: int):  # step n trains on batch n - 1 of the stream
+        return state_lib.shard_batch(task.train_batch(n - 1, bs, seed), mesh)
+
+    depth = int(config.train.get("prefetch_batches", 2))
     try:
-        with _StopFlag() as stop:
+        with _StopFlag() as stop, prefetch_lib.BatchPrefetcher(make_batch, start + 1, total, depth) as batches:
             for step in range(start + 1, total + 1):
-                batch = state_lib.shard_batch(task.train_batch(step - 1, bs, seed), mesh)
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, batches.get(step))
                 if pending is not None:
                     runner.consume(*pending, log, progress)
                 pending = (step, metrics)

@@ -172,3 +172,20 @@ def test_empty_eval_split_fails_before_training(tmp_path, mesh):
     with pytest.raises(EngineConfigError, match="eval.split='val' is empty"):
         loop.train(config, tmp_path, make_task(config), mesh=mesh)
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_prefetched_batches_train_the_same_run_as_batches_built_in_the_loop(tmp_path, mesh):
+    """``train.prefetch_batches`` builds batches ahead in a thread: the same parameters, bit
+    for bit, as building each one when its step starts; an error in a batch still stops the run."""
+    finals = {}
+    for depth in (0, 3):
+        config = toy_config(**{"train.steps": "6", "checkpoint.every_steps": "0", "eval.every_steps": "0",
+                               "train.prefetch_batches": str(depth)})
+        result = loop.train(config, tmp_path / f"d{depth}", make_task(config), mesh=mesh)
+        finals[depth] = jax.tree.leaves(jax.device_get(result.state.params))
+    for a, b in zip(finals[0], finals[3]):
+        np.testing.assert_array_equal(a, b)
+    task = make_task(config)
+    task.train_batch = lambda step, bs, seed: (_ for _ in ()).throw(KeyError(f"no window at batch {step}"))
+    with pytest.raises(KeyError, match="no window at batch 0"):
+        loop.train(config, tmp_path / "broken", task, mesh=mesh)
