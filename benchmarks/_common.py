@@ -20,6 +20,7 @@ import time
 from typing import Callable
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # Keras 3 peers run on JAX
+os.environ.setdefault("KERAS_HOME", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".venv", "keras"))
 
 # Benchmarks time our steps the way the CLI runs them: with the host-allocator setting the CLI
 # makes for its own process (nowcast_jax/runtime.py; NOWCAST_JAX_HOST_ALLOCATOR=default opts out).
@@ -27,6 +28,22 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # Keras 3 peers run on JAX
 from nowcast_jax.engine import runtime as _runtime  # noqa: E402  (stdlib only: does not import jax)
 
 HOST_ALLOCATOR_TUNED = _runtime.tune_host_allocator()
+
+
+def _load_average() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+# Taken when a script starts (every script imports this module first), before any timing:
+# the header printed at the end reports these, and the load average at the end beside them.
+START_LOAD, START_DATE = _load_average(), _now()
 
 
 def cpu_name() -> str:
@@ -65,20 +82,16 @@ def header(title: str, extra: dict | None = None) -> str:
     """A markdown preamble: machine, versions, date, the command, XLA flags."""
     import jax
 
-    try:
-        load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        load = "?"
     v = versions()
     dev = jax.devices()[0]
     lines = [
         f"### {title}",
         "",
         f"- machine: {cpu_name()}, {os.cpu_count()} cores, {mem_gib():.0f} GiB; JAX device: {dev.platform} ({dev.device_kind})",
-        f"- load average at start (1/5/15 min): {load}",
+        f"- load average (1/5/15 min) at start: {START_LOAD}; at the end: {_load_average()}",
         "- versions: python " + platform.python_version() + ", " + ", ".join(f"{k} {x}" for k, x in v.items()),
         f"- XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}`",
-        f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- started: {START_DATE}; ended: {_now()}",
         f"- command: `{command_line()}`",
     ]
     for k, x in (extra or {}).items():

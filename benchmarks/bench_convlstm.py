@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 import peers_convlstm as peers  # noqa: E402
 from nowcast_jax import models  # noqa: E402
 
-ALL = ("ours", "ours_direct", "ours_im2col", "ours_xla", "ours_bf16", "ours_unroll2", "ours_sgd", "ours_sgd_donate", "flax", "keras", "torch")
+ALL = ("ours", "ours_direct", "ours_im2col", "ours_xla", "ours_bf16", "ours_unroll2", "ours_sgd", "ours_sgd_donate",
+       "flax", "keras", "torch", "torch_best")
 
 
 def mse(a, b):
@@ -38,8 +39,8 @@ def block(tree):
 
 
 def ours(args, x, y, **kw):
-    model = models.encoder_forecaster(1, 4, (64, 64), kernel_x=5, kernel_h=5, **kw)
-    params = model.init(jax.random.key(0), (64, 64, 1))
+    model = models.encoder_forecaster(1, 4, (64, 64), kernel_x=5, kernel_h=5, **kw)  # hidden 2 x 64
+    params = model.init(jax.random.key(0), (args.frame, args.frame, 1))
     loss = lambda p, x, y: mse(model.apply(p, x, args.out_steps), y)
     grad = jax.jit(jax.value_and_grad(loss))
     fwd = jax.jit(lambda p, x: model.apply(p, x, args.out_steps))
@@ -89,24 +90,26 @@ def keras_peer(args, x, y):
     return (lambda: block(grad(tv, ntv, x, y))), (lambda: block(fwd(tv, ntv, x)))
 
 
-def torch_peer(args, x, y):
+def torch_peer(args, x, y, best=False):
+    """Eager NCHW as written, or (``best``) channels_last + ``torch.compile`` of the module."""
     import torch
 
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)
-    model = peers.torch_model()
+    model = peers.torch_model(channels_last=best)
     xt = torch.from_numpy(np.array(x)).permute(0, 1, 4, 2, 3).contiguous()
     yt = torch.from_numpy(np.array(y)).permute(0, 1, 4, 2, 3).contiguous()
+    run = torch.compile(model) if best else model
 
     def train():
         model.zero_grad(set_to_none=True)
-        loss = torch.mean((model(xt, args.out_steps) - yt) ** 2)
+        loss = torch.mean((run(xt, args.out_steps) - yt) ** 2)
         loss.backward()
         return loss.item()
 
     def forecast():
         with torch.inference_mode():
-            return model(xt, args.out_steps).sum().item()
+            return run(xt, args.out_steps).sum().item()
 
     return train, forecast
 
@@ -120,6 +123,7 @@ def main():
                     help="a contender is 'slow' when its first (compiling) call takes more than this many times "
                          "that of ours (the training step of ours for training contenders)")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--frame", type=int, default=64, help="frame side in pixels (patched grid: frame / 4)")
     ap.add_argument("--in-steps", type=int, default=10)
     ap.add_argument("--out-steps", type=int, default=10)
     ap.add_argument("--torch-threads", type=int, default=2)
@@ -131,8 +135,8 @@ def main():
     if unknown:
         ap.error(f"unknown contenders {sorted(unknown)}")
 
-    x = jnp.asarray(peers.fake_frames(args.batch, args.in_steps, 0))
-    y = jnp.asarray(peers.fake_frames(args.batch, args.out_steps, 1))
+    x = jnp.asarray(peers.fake_frames(args.batch, args.in_steps, 0, args.frame))
+    y = jnp.asarray(peers.fake_frames(args.batch, args.out_steps, 1, args.frame))
     builders = {
         "ours": lambda: ours(args, x, y)[:2],
         "ours_direct": lambda: ours(args, x, y, conv_impl="direct")[:2],
@@ -145,6 +149,7 @@ def main():
         "flax": lambda: flax_peer(args, x, y),
         "keras": lambda: keras_peer(args, x, y),
         "torch": lambda: torch_peer(args, x, y),
+        "torch_best": lambda: torch_peer(args, x, y, best=True),
     }
     labels = {
         "ours": "ours (defaults: conv_impl=auto, f32, unroll 1)",
@@ -157,7 +162,8 @@ def main():
         "ours_sgd_donate": "ours, grad + SGD update, params donated",
         "flax": "Flax linen nn.ConvLSTMCell + nn.RNN",
         "keras": "Keras 3 ConvLSTM2D (JAX backend, stateless_call)",
-        "torch": f"PyTorch ConvLSTM (fused Conv2d, eager, {args.torch_threads} threads)",
+        "torch": f"PyTorch ConvLSTM (fused Conv2d, eager NCHW, {args.torch_threads} threads)",
+        "torch_best": f"PyTorch ConvLSTM, channels_last + torch.compile ({args.torch_threads} threads)",
     }
     train, fcst = {}, {}
     for n in names:
@@ -181,9 +187,11 @@ def main():
                 if ref_first[k.split(":")[0]] and t > args.slow_factor * ref_first[k.split(":")[0]]}
     res = _common.time_rounds(contenders, args.runs, warmup=0, runs_for=runs_for, log=_common.log)
 
-    flops = 2 * args.batch * 16 * 16 * K2 * 4 * 64 * ((16 + 64 + 64 + 64) * args.in_steps + (64 + 64 + 64) * args.out_steps)
-    print(_common.header(f"ConvLSTM encoder-forecaster, {args.in_steps} -> {args.out_steps}, batch {args.batch}",
-                         {"workload": "64x64x1 frames -> 16x16x16 units, encoder 2x64 + forecaster 2x64, 5x5 kernels, MSE",
+    g = args.frame // 4  # patched grid side
+    flops = 2 * args.batch * g * g * K2 * 4 * 64 * ((16 + 64 + 64 + 64) * args.in_steps + (64 + 64 + 64) * args.out_steps)
+    print(_common.header(f"ConvLSTM encoder-forecaster, {args.in_steps} -> {args.out_steps}, batch {args.batch}, "
+                         f"{g}x{g} patched grid",
+                         {"workload": f"{args.frame}x{args.frame}x1 frames -> {g}x{g}x16 units, encoder 2x64 + forecaster 2x64, 5x5 kernels, MSE",
                           "timing": f"interleaved rounds, median of n timed runs after a compiling warm-up call (contenders whose first call took > {args.slow_factor:g}x that of ours: n = --slow-runs); "
                                     f"ratio = t(contender) / t(ours) (> 1: ours is faster)",
                           "conv FLOPs of one forward pass": f"{flops / 1e9:.1f} GFLOP (training step counted as 3x)"}))
@@ -196,10 +204,10 @@ def main():
                 continue
             ratio = r["median"] / ref["median"] if ref else float("nan")
             gf = (3 if kind == "train" else 1) * flops / r["median"] / 1e9
-            rows.append([labels[n], r["median"], r["min"], r["n"], first[f"{kind}:{n}"], gf, ratio])
+            rows.append([labels[n], r["median"], f'{r["min"]:.3g}-{r["max"]:.3g}', r["n"], first[f"{kind}:{n}"], gf, ratio])
         title = "Training step (value_and_grad of MSE)" if kind == "train" else "Forecast rollout (forward only)"
         print(f"**{title}**\n")
-        print(_common.table(["contender", "median s", "min s", "n", "first call s (compile+run)", "conv GFLOP/s",
+        print(_common.table(["contender", "median s", "min-max s", "n", "first call s (compile+run)", "conv GFLOP/s",
                              "t / t(ours)"], rows))
 
 

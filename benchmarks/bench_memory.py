@@ -1,4 +1,4 @@
-"""Peak memory of the ConvLSTM training step at 20 -> 20, with and without remat.
+"""Peak memory (and time) of the ConvLSTM training step at 20 -> 20: default and direct paths, remat off and on.
 
 Two measures, each in a FRESH subprocess per configuration:
 
@@ -10,6 +10,9 @@ Two measures, each in a FRESH subprocess per configuration:
 * Peak resident set size of the process (``ru_maxrss``) before and after one step: the
   increase over the post-compile RSS is what executing the step added. RSS also holds the
   Python interpreter, the XLA compiler and freed-but-cached pages, so it is coarser.
+
+Each child also times ``--timed`` steps after the first (median), so memory and speed of a
+setting are read from the same process.
 
     benchmarks/.venv/bin/python benchmarks/bench_memory.py [--steps 20]
 """
@@ -29,9 +32,10 @@ import json, resource, sys
 import jax
 import jax.numpy as jnp
 from nowcast_jax import models
-t, remat, batch = int(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
+import statistics, time
+t, remat, batch, impl, timed = int(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
-m = models.encoder_forecaster(1, 4, (64, 64), remat=remat)
+m = models.encoder_forecaster(1, 4, (64, 64), remat=remat, conv_impl=impl)
 p = m.init(jax.random.key(0), (64, 64, 1))
 x = jnp.zeros((batch, t, 64, 64, 1)); y = jnp.zeros((batch, t, 64, 64, 1))
 f = jax.jit(jax.value_and_grad(lambda p, x, y: jnp.mean((m.apply(p, x, t) - y) ** 2)))
@@ -40,9 +44,13 @@ ma = compiled.memory_analysis()
 rss_compiled = rss()
 jax.block_until_ready(compiled(p, x, y))
 rss_run = rss()
+times = []
+for _ in range(timed):
+    t0 = time.perf_counter(); jax.block_until_ready(compiled(p, x, y)); times.append(time.perf_counter() - t0)
 peak = ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes - ma.alias_size_in_bytes
 print(json.dumps({"temp": ma.temp_size_in_bytes, "args": ma.argument_size_in_bytes, "out": ma.output_size_in_bytes,
-                  "peak": peak, "rss_compiled": rss_compiled, "rss_run": rss_run}))
+                  "peak": peak, "rss_compiled": rss_compiled, "rss_run": rss_run,
+                  "step_s": statistics.median(times) if times else float("nan"), "n": len(times)}))
 """
 
 
@@ -50,33 +58,37 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--timed", type=int, default=3, help="timed steps per setting (after the first)")
     args = ap.parse_args()
     import _common
 
+    settings = [("auto", False), ("auto", True), ("direct", False), ("direct", True)]
     res = {}
-    for remat in (False, True):
-        out = subprocess.run([sys.executable, "-c", CHILD, str(args.steps), "1" if remat else "0", str(args.batch)],
-                             capture_output=True, text=True)
+    for impl, remat in settings:
+        out = subprocess.run([sys.executable, "-c", CHILD, str(args.steps), "1" if remat else "0", str(args.batch),
+                              impl, str(args.timed)], capture_output=True, text=True)
         if out.returncode:
             sys.stderr.write(out.stderr)
             raise SystemExit("child failed")
-        res[remat] = json.loads(out.stdout.strip().splitlines()[-1])
-        _common.log(f"  remat={remat}: {res[remat]}")
+        res[impl, remat] = json.loads(out.stdout.strip().splitlines()[-1])
+        _common.log(f"  conv_impl={impl} remat={remat}: {res[impl, remat]}")
     print(_common.header(f"Peak memory of one training step (value_and_grad), {args.steps} -> {args.steps}, batch {args.batch}",
                          {"measures": "XLA compiled memory_analysis (exact buffer assignment; primary) and peak RSS of a "
-                                      "fresh subprocess (coarse: includes interpreter and compiler)"}))
+                                      "fresh subprocess (coarse: includes interpreter and compiler); step time: median of "
+                                      f"{args.timed} steps after the first, in the same child (one child per setting)"}))
     mib = 2 ** 20
+    ref = res["auto", False]
     rows = []
-    for remat in (False, True):
-        r = res[remat]
-        rows.append([f"remat={remat}", r["temp"] / mib, r["peak"] / mib, r["rss_compiled"], r["rss_run"],
-                     r["rss_run"] - r["rss_compiled"]])
-    print(_common.table(["config", "XLA temp MiB", "XLA peak (args+out+temp) MiB", "RSS after compile MiB",
-                         "RSS after step MiB", "RSS added by the step MiB"], rows))
-    a, b = res[False], res[True]
-    print(f"remat cuts XLA temp by {100 * (1 - b['temp'] / a['temp']):.1f} %, the XLA peak by "
-          f"{100 * (1 - b['peak'] / a['peak']):.1f} %, and the RSS added by the step by "
-          f"{100 * (1 - (b['rss_run'] - b['rss_compiled']) / max(a['rss_run'] - a['rss_compiled'], 1e-9)):.1f} %.\n")
+    for impl, remat in settings:
+        r = res[impl, remat]
+        rows.append([f"conv_impl={impl}, remat={remat}", r["temp"] / mib, r["peak"] / mib, r["peak"] / res["direct", False]["peak"],
+                     r["rss_run"] - r["rss_compiled"], r["step_s"], r["n"], r["step_s"] / ref["step_s"]])
+    print(_common.table(["config", "XLA temp MiB", "XLA peak MiB", "peak / direct's", "RSS added by the step MiB",
+                         "step s (median)", "n", "t / t(default)"], rows))
+    for impl in ("auto", "direct"):
+        a, b = res[impl, False], res[impl, True]
+        print(f"conv_impl={impl}: remat cuts the XLA peak by {100 * (1 - b['peak'] / a['peak']):.1f} % "
+              f"at {b['step_s'] / a['step_s']:.2f}x the step time.\n")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ def torch_peer(x, y, inner, threads):
     xt, yt = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y))
 
     def step():
+        torch.set_num_threads(threads)  # per call: the 1- and 2-thread peers share this process
         m.zero_grad(set_to_none=True)
         loss = torch.mean((m(xt) - yt) ** 2)
         loss.backward()
@@ -86,7 +87,7 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--inner", type=int, default=20)
     ap.add_argument("--torch-threads", type=int, default=2)
-    ap.add_argument("--only", default="ours,ours_unroll4,ours_unroll12,flax,torch")
+    ap.add_argument("--only", default="ours,ours_unroll4,ours_unroll12,flax,torch,torch1")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((B, T, F), dtype=np.float32))
@@ -97,6 +98,7 @@ def main():
         "ours_unroll12": ("ours, unroll=12 (full)", lambda: ours(x, y, args.inner, unroll=12)),
         "flax": ("Flax linen OptimizedLSTMCell + nn.RNN", lambda: flax_peer(x, y, args.inner)),
         "torch": (f"PyTorch nn.LSTM ({args.torch_threads} threads)", lambda: torch_peer(x, y, args.inner, args.torch_threads)),
+        "torch1": ("PyTorch nn.LSTM (1 thread)", lambda: torch_peer(x, y, args.inner, 1)),
     }
     names = [n for n in args.only.split(",") if n]
     contenders = {n: builders[n][1]() for n in names}
@@ -105,9 +107,10 @@ def main():
                          {"timing": f"interleaved rounds; each sample = {args.inner} steps back to back; "
                                     "per-step median; ratio = t(contender) / t(ours) (> 1: ours is faster)"}))
     ref = res["ours"]["median"] if "ours" in res else float("nan")
-    rows = [[builders[n][0], 1e3 * r["median"] / args.inner, 1e3 * r["min"] / args.inner, r["n"],
-             r["median"] / ref] for n, r in res.items()]
-    print(_common.table(["contender", "median ms/step", "min ms/step", "n", "t / t(ours)"], rows))
+    rows = [[builders[n][0], 1e3 * r["median"] / args.inner,
+             f'{1e3 * r["min"] / args.inner:.3g}-{1e3 * r["max"] / args.inner:.3g}', r["n"], r["median"] / ref]
+            for n, r in res.items()]
+    print(_common.table(["contender", "median ms/step", "min-max ms/step", "n", "t / t(ours)"], rows))
 
 
 if __name__ == "__main__":

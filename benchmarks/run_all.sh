@@ -1,24 +1,61 @@
 #!/usr/bin/env bash
 # Regenerate every benchmark table in one command:
-#   bash benchmarks/run_all.sh            (creates benchmarks/.venv first if it is missing)
-# Writes benchmarks/results/*.md (one per script) and benchmarks/results/all.md (concatenated),
-# which is what docs/benchmarks.md quotes. Scripts run one after another, never in parallel,
-# so they do not disturb each other. RUNS=10 (default) sets the timed runs per contender;
-# SLOW_RUNS=3 those of contenders whose first (compiling) call takes > 3x that of ours.
-set -euo pipefail
+#   bash benchmarks/run_all.sh            full run (~60 min on 2 quiet cores) -> benchmarks/results/
+#   bash benchmarks/run_all.sh --quick    a check that every script runs (< 10 min) -> benchmarks/results/quick/
+# Creates benchmarks/.venv first if it is missing. Writes one .md per script and all.md (concatenated),
+# which is what docs/benchmarks.md quotes. Scripts run one after another, never in parallel, so they do
+# not disturb each other; a script that fails is named in all.md and the others still run (exit 1 at the end).
+# RUNS (default 7) sets the timed runs per contender; SLOW_RUNS (default 3) those of contenders whose first
+# (compiling) call takes > 3x that of ours (the lax.conv-based steps, Flax, Keras).
+set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
-[ -x benchmarks/.venv/bin/python ] || bash benchmarks/setup.sh
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+[ -x benchmarks/.venv/bin/python ] || bash benchmarks/setup.sh || exit 1
 py=benchmarks/.venv/bin/python
-export KERAS_BACKEND=jax
-runs="${RUNS:-10}"
-mkdir -p benchmarks/results
-"$py" benchmarks/bench_convlstm.py --runs "$runs" --slow-runs "${SLOW_RUNS:-3}" > benchmarks/results/convlstm.md
-"$py" benchmarks/bench_roofline.py --runs "$runs" > benchmarks/results/roofline.md
-"$py" benchmarks/bench_compile.py --reps "${COMPILE_REPS:-3}" > benchmarks/results/compile.md
-"$py" benchmarks/bench_memory.py > benchmarks/results/memory.md
-"$py" benchmarks/bench_station.py --runs "$runs" > benchmarks/results/station.md
-"$py" benchmarks/bench_allocator.py --reps 3 > benchmarks/results/allocator.md
-"$py" benchmarks/bench_grid.py > benchmarks/results/grid.md
-cat benchmarks/results/{convlstm,roofline,compile,memory,station,allocator,grid}.md > benchmarks/results/all.md
-echo "wrote benchmarks/results/all.md"
+export KERAS_BACKEND=jax KERAS_HOME="$here/.venv/keras"
+if [ "$quick" = 1 ]; then
+  runs="${RUNS:-2}"; slow="${SLOW_RUNS:-1}"; out=benchmarks/results/quick
+  main_only="--only ours,ours_direct,torch,torch_best"   # no lax.conv / Flax / Keras steps (~100 s each)
+  extra_only="ours,torch"
+else
+  runs="${RUNS:-7}"; slow="${SLOW_RUNS:-3}"; out=benchmarks/results
+  main_only=""
+  extra_only="ours,ours_direct,torch,torch_best"
+fi
+mkdir -p "$out"
+echo "started $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)" > "$out/run.log"
+failed=()
+bench() {  # bench NAME SCRIPT ARGS...: one table, its stderr kept in NAME.log
+  local name=$1; shift
+  echo "[run_all] $name: $*" >&2
+  local t0=$SECONDS
+  if "$py" "$@" > "$out/$name.md" 2> "$out/$name.log"; then
+    echo "$name: $((SECONDS - t0)) s" >> "$out/run.log"
+  else
+    failed+=("$name"); echo "**$name failed** (see $out/$name.log)" > "$out/$name.md"
+    echo "$name: FAILED after $((SECONDS - t0)) s" >> "$out/run.log"
+  fi
+}
+bench convlstm benchmarks/bench_convlstm.py --runs "$runs" --slow-runs "$slow" $main_only
+# the other workloads of issue 17: batch 1 and 32, and 32x32 / 64x64 patched grids (frames 128 / 256)
+bench convlstm_b1 benchmarks/bench_convlstm.py --runs "$runs" --batch 1 --only "$extra_only"
+bench convlstm_b32 benchmarks/bench_convlstm.py --runs "$runs" --batch 32 --only "$extra_only"
+bench convlstm_g32 benchmarks/bench_convlstm.py --runs "$runs" --frame 128 --only "$extra_only"
+bench convlstm_g64 benchmarks/bench_convlstm.py --runs "$runs" --frame 256 --batch 2 --only "$extra_only"
+bench station benchmarks/bench_station.py --runs "$runs"
+bench memory benchmarks/bench_memory.py --timed "$([ "$quick" = 1 ] && echo 1 || echo 3)"
+bench loop benchmarks/bench_loop.py --runs "$([ "$quick" = 1 ] && echo 1 || echo 5)" --steps "$([ "$quick" = 1 ] && echo 12 || echo 40)"
+bench compile benchmarks/bench_compile.py --reps "$([ "$quick" = 1 ] && echo 1 || echo 3)"
+bench roofline benchmarks/bench_roofline.py --runs "$runs"
+bench grid benchmarks/bench_grid.py --runs "$([ "$quick" = 1 ] && echo 1 || echo 4)"
+bench allocator benchmarks/bench_allocator.py --reps "$([ "$quick" = 1 ] && echo 1 || echo 3)"
+echo "ended $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/run.log"
+names=(convlstm convlstm_b1 convlstm_b32 convlstm_g32 convlstm_g64 station memory loop compile roofline grid allocator)
+{ cat "$out/run.log"; echo; for n in "${names[@]}"; do cat "$out/$n.md"; echo; done; } > "$out/all.md"
+echo "wrote $out/all.md"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed: ${failed[*]}" >&2
+  exit 1
+fi

@@ -14,11 +14,14 @@ if [ ! -x "$here/.venv/bin/python" ]; then
   "$py" -m venv "$here/.venv"
 fi
 pip="$here/.venv/bin/python -m pip"
+# Keras reads its backend at import and, on its first import, writes a config file: run it on
+# JAX and keep that file inside the venv (never ~/.keras, which would say "tensorflow").
+export KERAS_BACKEND=jax KERAS_HOME="$here/.venv/keras"
 $pip install --quiet --upgrade pip
 # torch first, pinned, so that nothing later resolves an unpinned torch.
 $pip install --quiet "torch==2.13.0"
-# the package itself (relative to this script: ../), editable
-(cd "$here" && $pip install --quiet -e "..")
+# the package itself (relative to this script: ../), editable, with the radar readers (bench_loop.py reads MeteoSwiss)
+(cd "$here" && $pip install --quiet -e "..[radar]")
 $pip install --quiet "keras>=3" flax
 "$here/.venv/bin/python" - <<'PY'
 import jax, jaxlib, flax, keras, torch
