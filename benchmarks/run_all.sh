@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate every benchmark table in one command:
-#   bash benchmarks/run_all.sh            full run (~60 min on 2 quiet cores) -> benchmarks/results/
+#   bash benchmarks/run_all.sh            full run (50 min on 2 quiet cores) -> benchmarks/results/
 #   bash benchmarks/run_all.sh --quick    a check that every script runs (< 10 min) -> benchmarks/results/quick/
 # Creates benchmarks/.venv first if it is missing. Writes one .md per script and all.md (concatenated),
 # which is what docs/benchmarks.md quotes. Scripts run one after another, never in parallel, so they do
@@ -22,7 +22,7 @@ if [ "$quick" = 1 ]; then
 else
   runs="${RUNS:-7}"; slow="${SLOW_RUNS:-3}"; out=benchmarks/results
   main_only=""
-  extra_only="ours,ours_direct,torch,torch_best"
+  extra_only="ours,torch,torch_best"
 fi
 mkdir -p "$out"
 echo "started $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)" > "$out/run.log"
@@ -39,20 +39,20 @@ bench() {  # bench NAME SCRIPT ARGS...: one table, its stderr kept in NAME.log
   fi
 }
 bench convlstm benchmarks/bench_convlstm.py --runs "$runs" --slow-runs "$slow" $main_only
+bench station benchmarks/bench_station.py --runs "$runs"
+bench memory benchmarks/bench_memory.py --timed "$([ "$quick" = 1 ] && echo 1 || echo 3)"
+bench loop benchmarks/bench_loop.py --runs "$([ "$quick" = 1 ] && echo 1 || echo 5)" --steps "$([ "$quick" = 1 ] && echo 12 || echo 40)"
+bench compile benchmarks/bench_compile.py --reps "$([ "$quick" = 1 ] && echo 1 || echo 3)"
 # the other workloads of issue 17: batch 1 and 32, and 32x32 / 64x64 patched grids (frames 128 / 256)
 bench convlstm_b1 benchmarks/bench_convlstm.py --runs "$runs" --batch 1 --only "$extra_only"
 bench convlstm_b32 benchmarks/bench_convlstm.py --runs "$runs" --batch 32 --only "$extra_only"
 bench convlstm_g32 benchmarks/bench_convlstm.py --runs "$runs" --frame 128 --only "$extra_only"
 bench convlstm_g64 benchmarks/bench_convlstm.py --runs "$runs" --frame 256 --batch 2 --only "$extra_only"
-bench station benchmarks/bench_station.py --runs "$runs"
-bench memory benchmarks/bench_memory.py --timed "$([ "$quick" = 1 ] && echo 1 || echo 3)"
-bench loop benchmarks/bench_loop.py --runs "$([ "$quick" = 1 ] && echo 1 || echo 5)" --steps "$([ "$quick" = 1 ] && echo 12 || echo 40)"
-bench compile benchmarks/bench_compile.py --reps "$([ "$quick" = 1 ] && echo 1 || echo 3)"
 bench roofline benchmarks/bench_roofline.py --runs "$runs"
 bench grid benchmarks/bench_grid.py --runs "$([ "$quick" = 1 ] && echo 1 || echo 4)"
 bench allocator benchmarks/bench_allocator.py --reps "$([ "$quick" = 1 ] && echo 1 || echo 3)"
 echo "ended $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/run.log"
-names=(convlstm convlstm_b1 convlstm_b32 convlstm_g32 convlstm_g64 station memory loop compile roofline grid allocator)
+names=(convlstm station memory loop compile convlstm_b1 convlstm_b32 convlstm_g32 convlstm_g64 roofline grid allocator)
 { cat "$out/run.log"; echo; for n in "${names[@]}"; do cat "$out/$n.md"; echo; done; } > "$out/all.md"
 echo "wrote $out/all.md"
 if [ ${#failed[@]} -gt 0 ]; then
