@@ -173,9 +173,28 @@ class CheckpointManager:
         self.read_only = read_only
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        self._manager = self._open()
+        self._manager = self._listed(self._open)
 
     # ----------------------------------------------------------------------------- setup
+    def _listed(self, read_listing, attempts: int = 5):
+        """``read_listing()``, read again when a step vanished while orbax listed it.
+
+        Orbax lists the step folders, then reads each one's metadata and mtime; a live
+        trainer's retention can delete a step in between. A reader lists
+        again; a writer owns the folder, so there the error is real and raised at once.
+        """
+        for attempt in range(attempts if self.read_only else 1):
+            try:
+                return read_listing()
+            except (FileNotFoundError, NotADirectoryError):  # what orbax raises for a vanished step
+                if attempt == attempts - 1 or not self.read_only:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _reload(self) -> None:
+        self._listed(self._manager.reload)
+
     def _policy(self):
         policies = [ocp_policies.LatestN(n=self._max_to_keep)]
         if self.best_metric:
@@ -332,7 +351,7 @@ class CheckpointManager:
             except CheckpointCorruptError:
                 if attempt == 2 or not (self.read_only and step is None):
                     raise
-                self._manager.reload()  # the trainer may have saved newer steps since the listing
+                self._reload()  # the trainer may have saved newer steps since the listing
         raise AssertionError("unreachable")
 
     def restore_best(self, target) -> RestoredCheckpoint:
@@ -347,7 +366,7 @@ class CheckpointManager:
             except CheckpointError:
                 if attempt == 2 or not self.read_only or (self.directory / str(best)).exists():
                     raise
-                self._manager.reload()
+                self._reload()
         raise AssertionError("unreachable")
 
     def _restore_listed(self, target, step: int | None, fallback: bool) -> RestoredCheckpoint:
