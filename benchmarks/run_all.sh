@@ -19,10 +19,12 @@ if [ "$quick" = 1 ]; then
   runs="${RUNS:-2}"; slow="${SLOW_RUNS:-1}"; out=benchmarks/results/quick
   main_only="--only ours,ours_direct,torch,torch_best"   # no lax.conv / Flax / Keras steps (~100 s each)
   extra_only="ours,torch"
+  extra_runs=1; grid_frames="64,96"   # two grids either side of the spectral threshold
 else
   runs="${RUNS:-7}"; slow="${SLOW_RUNS:-3}"; out=benchmarks/results
   main_only=""
   extra_only="ours,torch,torch_best"
+  extra_runs="$runs"; grid_frames="64,80,96,128"
 fi
 mkdir -p "$out"
 echo "started $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)" > "$out/run.log"
@@ -44,14 +46,18 @@ bench memory benchmarks/bench_memory.py --timed "$([ "$quick" = 1 ] && echo 1 ||
 bench loop benchmarks/bench_loop.py --runs "$([ "$quick" = 1 ] && echo 1 || echo 5)" --steps "$([ "$quick" = 1 ] && echo 12 || echo 40)"
 bench compile benchmarks/bench_compile.py --reps "$([ "$quick" = 1 ] && echo 1 || echo 3)"
 # the other workloads of issue 17: batch 1 and 32, and 32x32 / 64x64 patched grids (frames 128 / 256)
-bench convlstm_b1 benchmarks/bench_convlstm.py --runs "$runs" --batch 1 --only "$extra_only"
-bench convlstm_b32 benchmarks/bench_convlstm.py --runs "$runs" --batch 32 --only "$extra_only"
-bench convlstm_g32 benchmarks/bench_convlstm.py --runs "$runs" --frame 128 --only "$extra_only"
-bench convlstm_g64 benchmarks/bench_convlstm.py --runs "$runs" --frame 256 --batch 2 --only "$extra_only"
-bench roofline benchmarks/bench_roofline.py --runs "$runs"
-bench grid benchmarks/bench_grid.py --runs "$([ "$quick" = 1 ] && echo 1 || echo 4)"
-bench allocator benchmarks/bench_allocator.py --reps "$([ "$quick" = 1 ] && echo 1 || echo 3)"
-echo "ended $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/run.log"
+bench convlstm_b1 benchmarks/bench_convlstm.py --runs "$extra_runs" --batch 1 --only "$extra_only"
+bench convlstm_b32 benchmarks/bench_convlstm.py --runs "$extra_runs" --batch 32 --only "$extra_only"
+bench convlstm_g32 benchmarks/bench_convlstm.py --runs "$extra_runs" --frame 128 --only "$extra_only"
+bench convlstm_g64 benchmarks/bench_convlstm.py --runs "$extra_runs" --frame 256 --batch 2 --only "$extra_only"
+bench roofline benchmarks/bench_roofline.py --runs "$extra_runs"
+bench grid benchmarks/bench_grid.py --runs "$([ "$quick" = 1 ] && echo 1 || echo 4)" --frames "$grid_frames"
+if [ "$quick" = 1 ]; then  # one allocator per process, each compiling the step: ~4 min even at one rep
+  echo "allocator: skipped in --quick (run without --quick)" > "$out/allocator.md"; echo "allocator: skipped" >> "$out/run.log"
+else
+  bench allocator benchmarks/bench_allocator.py --reps 3
+fi
+echo "ended $(date -u '+%Y-%m-%d %H:%M UTC') after $SECONDS s, load average $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/run.log"
 names=(convlstm station memory loop compile convlstm_b1 convlstm_b32 convlstm_g32 convlstm_g64 roofline grid allocator)
 { cat "$out/run.log"; echo; for n in "${names[@]}"; do cat "$out/$n.md"; echo; done; } > "$out/all.md"
 echo "wrote $out/all.md"

@@ -96,14 +96,25 @@ FILES = {   # tag -> file of ../shared/data/stations (docs/visibility.md has one
     "sea15": "seaflights15_SEA_2015_weather.csv",
 }
 SPLIT = ["data.split_per_station=True", "data.fractions=(0.7, 0.1, 0.2)"]
+FIRST_STEP_FRACTIONS = (0.7, 0.1, 0.2)
+#: fold -> data.fractions of its runs. Fold "R" (declared in docs/visibility.md before it was
+#: trained): train on the first 50 % of each station's range, validate on the next 10 %, and
+#: score only test windows whose every target lies before the first step's test start (80 %),
+#: i.e. the 60-80 % block, which no forecaster had been scored on.
+FOLDS = {"": FIRST_STEP_FRACTIONS, "R": (0.5, 0.1, 0.4)}
 MLP = "mlp8"
 PAPER = "lstm8"
 VALUE_RUNS = ("lstm8", "lstm8_seed1", "lstm8_seed2")
+VALUE16_RUNS = ("lstm16", "lstm16_seed1", "lstm16_seed2")
 FOG_RUNS = ("fog16", "fog16_seed1", "fog16_seed2")
 #: recipe -> (its runs, in training order; the run whose config holds the recipe's eval keys)
 RECIPES = {"paper": ((MLP, PAPER), PAPER),
-           "ensemble": (VALUE_RUNS + FOG_RUNS, "fog16")}
-RECIPE_NAMES = {"paper": "paper LSTM (lstm8)", "ensemble": "fog ensemble (fog16_ens3_v8)"}
+           "ensemble": (VALUE_RUNS + FOG_RUNS, "fog16"),
+           "ensemble_v16": (VALUE16_RUNS + FOG_RUNS, "fog16")}
+#: recipe -> the experiments/visibility.py run whose eval keys define it
+RECIPE_EVAL = {"paper": PAPER, "ensemble": "fog16_ens3_v8", "ensemble_v16": "fog16_ens3_v16"}
+RECIPE_NAMES = {"paper": "paper LSTM (lstm8)", "ensemble": "fog ensemble (fog16_ens3_v8)",
+                "ensemble_v16": "candidate: fog ensemble with 16-feature value LSTMs (fog16_ens3_v16)"}
 THRESHOLD = 1000.0
 HORIZONS = (1, 3, 6)
 AIM_FOG_HOURS = 100
@@ -130,8 +141,9 @@ def doc_data_overrides(filename: str, path: Path) -> list[str]:
     return [f"data.path={path}" if o.startswith("data.path=") else o for o in over]
 
 
-def run_config(run: str, tag: str, data_dir: Path, quick: bool):
-    extra = doc_data_overrides(FILES[tag], data_dir / FILES[tag]) + SPLIT + (QUICK if quick else [])
+def run_config(run: str, tag: str, data_dir: Path, quick: bool, fold: str = ""):
+    split = SPLIT[:-1] + [f"data.fractions={FOLDS[fold]}"]
+    extra = doc_data_overrides(FILES[tag], data_dir / FILES[tag]) + split + (QUICK if quick else [])
     return V.run_config(run, extra)
 
 
@@ -168,8 +180,9 @@ class WallClockCap:
             self.timer.cancel()
 
 
-def train_run(workdir: Path, tag: str, run: str, data_dir: Path, quick: bool, max_seconds: float) -> dict:
-    config = run_config(run, tag, data_dir, quick)
+def train_run(workdir: Path, tag: str, run: str, data_dir: Path, quick: bool, max_seconds: float,
+              fold: str = "") -> dict:
+    config = run_config(run, tag, data_dir, quick, fold)
     wd = run_dir(workdir, tag, run)
     t0 = time.time()
     task = vis.make_task(config)
@@ -209,7 +222,7 @@ def recipe_run(workdir: Path, tag: str, recipe: str, data_dir: Path, quick: bool
     base = RECIPES[recipe][1]
     run = members.get(str(run_dir(workdir, tag, base)))
     runs = workdir / "runs" / tag
-    name = "fog16_ens3_v8" if recipe == "ensemble" else PAPER
+    name = RECIPE_EVAL[recipe]
     eval_cfg = config_lib.copy_config(V.run_config(name, [], runs=runs).eval)
     eval_cfg.mlp_workdir = str(runs / MLP) if (runs / MLP / "config.json").exists() else ""
     config = config_lib.copy_config(run.config)
@@ -217,9 +230,29 @@ def recipe_run(workdir: Path, tag: str, recipe: str, data_dir: Path, quick: bool
     return dataclasses.replace(run, config=config)
 
 
-def station_forecasts(run, members: MemberRuns, tag: str) -> list[dict]:
+def first_step_test_start(st: dict) -> np.datetime64:
+    """A station's test start under the first step's split (:data:`FIRST_STEP_FRACTIONS`)."""
+    from nowcast_jax.visibility.windows import block_boundaries
+
+    rng = (np.datetime64(st["first"], "s"), np.datetime64(st["last"], "s"))
+    return block_boundaries(rng, "1h", FIRST_STEP_FRACTIONS, ())[1]
+
+
+def unscored_block(w, sel, st: dict, horizons) -> tuple[np.ndarray, int, str]:
+    """Fold windows of one station (``sel``) whose every target is before the first step's
+    test start; and the fog hours of that block (distinct target hours < 1000 m), its end."""
+    end = first_step_test_start(st)
+    last_target = w.times + np.timedelta64(max(horizons), "h")
+    keep = sel & (last_target <= end)
+    hours = [w.times[keep] + np.timedelta64(h, "h") for h in horizons]
+    fog = np.unique(np.concatenate([t[w.y[keep, j] < THRESHOLD] for j, t in enumerate(hours)]))
+    return keep, int(len(fog)), str(end)
+
+
+def station_forecasts(run, members: MemberRuns, tag: str, fold: str = "") -> list[dict]:
     """Per station of ``run``'s test split: its windows (no inputs), forecasts, hazy starts,
-    fog hours of the test block and the split's dates."""
+    fog hours of the test block and the split's dates. In a fold, only the block before the
+    first step's test start (:func:`unscored_block`)."""
     task = run.task
     w = task.split("test")
     fc = {"model": ev.model_forecast(run, "test", members)}
@@ -232,15 +265,17 @@ def station_forecasts(run, members: MemberRuns, tag: str) -> list[dict]:
     out = []
     for station in sorted(set(w.station.tolist())):
         sel = w.station == station
+        st = per.get(station, {})
+        fog_hours, block_end = int(st.get("fog_hours", {}).get("test", -1)), st.get("last")
+        if fold:
+            sel, fog_hours, block_end = unscored_block(w, sel, st, task.contract.horizon_steps)
         label = f"{tag}:{station}"
         sub = StationWindows(np.zeros((int(sel.sum()), 0, 0), np.float32), w.y[sel], w.start_vis[sel],
                              w.times[sel], np.full(int(sel.sum()), label))
-        st = per.get(station, {})
         out.append({"station": label, "windows": sub, "hazy": hazy[sel],
                     "fc": {k: {"value": f["value"][sel], "event": None if f["event"] is None else f["event"][sel]}
                            for k, f in fc.items()},
-                    "fog_hours_test": int(st.get("fog_hours", {}).get("test", -1)),
-                    "test_start": st.get("test_start"), "last": st.get("last"),
+                    "fog_hours_test": fog_hours, "test_start": st.get("test_start"), "last": block_end,
                     "cap_m": float(task.contract.visibility_cap_m), "features": list(task.features),
                     "cut": None if "cut" not in fc["model"] else np.asarray(fc["model"]["cut"]).tolist()})
     return out
@@ -359,7 +394,8 @@ def tables(out: dict) -> str:
 
 
 # ------------------------------------------------------------------------------ main
-def evaluate_all(workdir: Path, tags: list[str], data_dir: Path, quick: bool) -> dict:
+def evaluate_all(workdir: Path, tags: list[str], data_dir: Path, quick: bool, fold: str = "",
+                 recipes=tuple(RECIPES)) -> dict:
     members = MemberRuns()
     runs = {}
     train_log = {}
@@ -368,13 +404,14 @@ def evaluate_all(workdir: Path, tags: list[str], data_dir: Path, quick: bool) ->
             i = json.loads(line)
             train_log[f"{i['file']}/{i['run']}"] = i
     for tag in tags:
-        for run in (MLP,) + VALUE_RUNS + FOG_RUNS:
+        for run in (MLP,) + VALUE_RUNS + VALUE16_RUNS + FOG_RUNS:
             st = run_state(workdir, tag, run)
             if st is not None:
                 runs[f"{tag}/{run}"] = st | {k: train_log.get(f"{tag}/{run}", {}).get(k) for k in ("train_s", "capped")}
     out = {"protocol": "see experiments/visibility_stations.py docstring", "quick": quick, "runs": runs,
-           "recipes": {}}
-    for recipe, (needed, _) in RECIPES.items():
+           "fold": fold, "fractions": list(FOLDS[fold]), "recipes": {}}
+    for recipe in recipes:
+        needed = RECIPES[recipe][0]
         parts, partial = [], []
         rr = {"stations": {}, "pooled": None, "aim": {"stations": {}, "pooled": None}, "skipped": []}
         for tag in tags:
@@ -387,7 +424,7 @@ def evaluate_all(workdir: Path, tags: list[str], data_dir: Path, quick: bool) ->
                      if s["step"] < s["steps_target"]]
             partial += short
             run = recipe_run(workdir, tag, recipe, data_dir, quick, members)
-            for part in station_forecasts(run, members, tag):
+            for part in station_forecasts(run, members, tag, fold):
                 s = score(part)
                 s.update({k: part[k] for k in ("fog_hours_test", "test_start", "last", "cap_m", "features", "cut")})
                 rr["stations"][part["station"]] = s
@@ -409,9 +446,9 @@ def evaluate_all(workdir: Path, tags: list[str], data_dir: Path, quick: bool) ->
     return out
 
 
-def list_splits(tags: list[str], data_dir: Path) -> None:
+def list_splits(tags: list[str], data_dir: Path, fold: str = "") -> None:
     for tag in tags:
-        config = run_config(PAPER, tag, data_dir, False)
+        config = run_config(PAPER, tag, data_dir, False, fold)
         t0 = time.time()
         task = vis.make_task(config)
         for st, s in task.data.report.get("per_station", {}).items():
@@ -423,31 +460,35 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, default=REPO / "experiments" / "out" / "vis_stations")
     p.add_argument("--stations", default=",".join(FILES), help=f"comma-separated files: {', '.join(FILES)}")
-    p.add_argument("--recipes", default="paper,ensemble", help="recipes to train (paper: mlp8 + lstm8; ensemble: "
-                   "lstm8 seeds 0-2 + fog16 seeds 0-2), in this order, all stations of one recipe first")
+    p.add_argument("--recipes", default="paper,ensemble", help="recipes to train and score (paper: mlp8 + lstm8; "
+                   "ensemble: lstm8 seeds 0-2 + fog16 seeds 0-2; ensemble_v16: lstm16 seeds 0-2 + fog16 seeds "
+                   "0-2), in this order, all stations of one recipe first; paper is always scored")
     p.add_argument("--quick", action="store_true", help="20 steps per run (smoke test; not the recipe)")
     p.add_argument("--max-seconds", type=float, default=0.0, help="wall-clock cap per training run (0: none)")
     p.add_argument("--score-only", action="store_true", help="train nothing; score the runs that exist")
     p.add_argument("--train-only", action="store_true", help="train, do not score")
     p.add_argument("--list", action="store_true", help="print each station's split and fog hours; nothing else")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    p.add_argument("--fold", default="", choices=sorted(FOLDS), help="'' = the first step's split; R = the "
+                   "rolling-origin fold of the 'then improve' step (train 0-50 %%, scored 60-80 %%)")
     args = p.parse_args(argv)
     tags = [t for t in args.stations.split(",") if t]
     unknown = [t for t in tags if t not in FILES]
     if unknown:
         raise SystemExit(f"unknown stations {unknown} (known: {', '.join(FILES)})")
     if args.list:
-        list_splits(tags, args.data_dir)
+        list_splits(tags, args.data_dir, args.fold)
         return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
     if not args.score_only:
         for recipe in [r for r in args.recipes.split(",") if r]:
             for tag in tags:
                 for run in RECIPES[recipe][0]:
-                    train_run(args.workdir, tag, run, args.data_dir, args.quick, args.max_seconds)
+                    train_run(args.workdir, tag, run, args.data_dir, args.quick, args.max_seconds, args.fold)
     if args.train_only:
         return 0
-    out = evaluate_all(args.workdir, tags, args.data_dir, args.quick)
+    recipes = [r for r in RECIPES if r in args.recipes.split(",") or r == "paper"]
+    out = evaluate_all(args.workdir, tags, args.data_dir, args.quick, args.fold, recipes)
     out["command"] = " ".join(sys.argv)
     (args.workdir / "results.json").write_text(json.dumps(metrics.json_safe(out), indent=2))
     text = tables(out)
