@@ -47,6 +47,13 @@ import numpy as np
 # (2x64 + 2x64, 5x5, batch 8, 10 -> 10), spectral vs direct training step: 16x16 1.62x,
 # 20x20 1.53x, 24x24 1.46x faster; 32x32 0.77x (dense DFTs and spectra grow with the grid squared).
 MAX_POSITIONS = 24 * 24
+# ... and from this batch size up (batch = rows of each frequency's product). Below it the
+# products are matrix-vector products bound by reading the spectrum; bench_convlstm.py
+# (paper workload, ours vs conv_impl=direct, n = 5, 2026-12-02): batch 1 direct 1.16x faster
+# to train, 2.3x to forecast; batch 2 direct 0.94x to train, 1.5x to forecast; batch 4
+# spectral 1.34x faster to train, a tie (1.03x) to forecast. So "auto" goes direct at batch 1
+# only (training, the default's purpose, is faster spectral from batch 2).
+MIN_BATCH = 2
 
 
 class Spectrum(NamedTuple):

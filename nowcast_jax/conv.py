@@ -18,7 +18,8 @@ supporting every JAX transformation (``grad`` to any order, ``jvp``/``jacfwd``/`
   ``"direct"`` when the computation is lowered for CPU, the vendor convolution (cuDNN, the
   TPU conv unit) elsewhere. A multi-platform export therefore keeps the vendor convolution
   in its CUDA/TPU lowering. (Recurrent cells additionally use ``"spectral"`` on CPU where it
-  applies; see :func:`nowcast_jax._spectral.use_spectral`.)
+  applies, see :func:`nowcast_jax._spectral.use_spectral`, in scans of a batch of at least
+  ``nowcast_jax._spectral.MIN_BATCH``.)
 """
 
 from __future__ import annotations

@@ -100,6 +100,14 @@ def scan(body: Callable, carry, xs, *, length: int | None = None, remat: bool = 
     return lax.scan(body, carry, xs, length=length, unroll=unroll)
 
 
+def _batch_size(carry) -> int:
+    """Leading size of the carry's arrays (the batch); large when there is none or it is
+    symbolic (a shape-polymorphic export serves any batch: it keeps the spectral path)."""
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(carry) if getattr(leaf, "ndim", 0) >= 1]
+    dim = leaves[0].shape[0] if leaves else None
+    return dim if isinstance(dim, int) else 1 << 30
+
+
 def _is_spectrum(node) -> bool:
     return isinstance(node, spectral.Spectrum)
 
@@ -111,7 +119,8 @@ def prepared_scan(step: Callable, params, prepare: Callable, carry, xs, *, lengt
     ``prepare(params)`` adds the per-sequence spectra (``Cell.prepare``); ``step`` must pass each
     Spectrum leaf of the prepared params (in tree order) its entry of ``sinks`` and return the
     matching product inputs ``xbs`` (see :func:`stack_step_sinks`); ``sinks`` is None when no
-    deferral is wanted. With ``remat`` nothing is prepared (module docstring). Returns
+    deferral is wanted. With ``remat`` nothing is prepared (module docstring), nor for spectra that
+    ``conv_impl="auto"`` made when the batch is below ``_spectral.MIN_BATCH`` (measured faster direct). Returns
     ``(carry, ys)`` like ``lax.scan``; ``xs`` leaves are time-major. ``step`` must not close over
     arrays that an outer transformation differentiates (a clear ValueError says so).
     """
@@ -126,6 +135,8 @@ def prepared_scan(step: Callable, params, prepare: Callable, carry, xs, *, lengt
         return plain(params, carry, xs)
     if not any(sp.cpu_only for sp in spectra):
         return _deferred_scan(step, prepare(params), carry, xs, length, unroll)
+    if _batch_size(carry) < spectral.MIN_BATCH:  # "auto" at a small batch: the direct path is faster
+        return plain(params, carry, xs)
     return lax.platform_dependent(params, carry, xs, default=plain,
                                   cpu=lambda p, c, x: _deferred_scan(step, prepare(p), c, x, length, unroll))
 

@@ -138,3 +138,23 @@ def test_deferred_scan_refuses_a_step_that_does_not_return_each_spectral_input()
                                                    _rand(1, (3, 1, 4, 4, 2)))[1])
     with pytest.raises(ValueError, match="returned 0 spectral inputs for 1 spectra"):
         jax.grad(loss)(spec)
+
+
+def test_auto_takes_the_direct_path_at_batch_one(monkeypatch):
+    """At batch 1 "auto" runs the plain scan (direct convolution: measured faster there, see
+    ``_spectral.MIN_BATCH``); from batch 2 the deferred spectral scan; an explicit "spectral"
+    always. Values and gradients equal lax.conv's either way."""
+    taken = []
+    real = rollout._deferred_scan
+    monkeypatch.setattr(rollout, "_deferred_scan", lambda *a: taken.append(1) or real(*a))
+    for impl, batch, spectral_expected in [("auto", 1, False), ("auto", 2, True), ("spectral", 1, True)]:
+        taken.clear()
+        stack, loss = _stack_loss(impl, False, 1)
+        params = rollout.stack_init(jax.random.PRNGKey(0), stack, 2)
+        carry = rollout.stack_initial_carry(stack, batch, (6, 6))
+        xs = _rand(3, (batch, 4, 6, 6, 2))
+        got = jax.value_and_grad(loss)(params, carry, xs)
+        assert bool(taken) == spectral_expected, (impl, batch)
+        want = jax.value_and_grad(_stack_loss("xla", False, 1)[1])(params, carry, xs)
+        for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * (np.abs(w).max() + 1e-12))
