@@ -14,7 +14,9 @@ Variants:
              depression and its 3 h change, relative humidity, UTC hour sin/cos, log visibility
              and its 1 h / 3 h changes). Meant as one member of a seed ensemble whose value
              comes from plain LSTMs (``eval.ensemble_workdirs``, ``eval.value_workdirs``;
-             docs/visibility.md shows the commands and the measured scores).
+             docs/visibility.md shows the commands and the measured scores). The recipe
+             adopted in issue 15: three fog2 seeds for the event, three default LSTMs with
+             ``--config.data.features=fog16`` for the value (``fog16_ens3_v16``).
   pooled     one model on several stations (and years): the default LSTM with each station's
              windows split by its own time range (``data.split_per_station=True``; last 20 %
              of each station's time range = test, ``fractions=(0.7, 0.1, 0.2)``). Point
