@@ -52,9 +52,7 @@ class BatchPrefetcher:
             self._fill()
 
     def close(self) -> None:
-        for _, future in self._pending:
-            future.cancel()
-        self._pending.clear()
+        self._pending.clear()  # the pool's shutdown cancels those not started
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
