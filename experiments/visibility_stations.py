@@ -86,6 +86,7 @@ from nowcast_jax.visibility import scores, station_scores  # noqa: E402
 from nowcast_jax.visibility import task as vis  # noqa: E402
 from nowcast_jax.visibility.dataset import StationWindows  # noqa: E402
 from nowcast_jax.visibility.members import MemberRuns  # noqa: E402
+from nowcast_jax.visibility.windows import block_boundaries  # noqa: E402
 
 DATA_DIR = REPO.parent / "shared" / "data" / "stations"
 FILES = {   # tag -> file of ../shared/data/stations (docs/visibility.md has one train line each)
@@ -232,8 +233,6 @@ def recipe_run(workdir: Path, tag: str, recipe: str, data_dir: Path, quick: bool
 
 def first_step_test_start(st: dict) -> np.datetime64:
     """A station's test start under the first step's split (:data:`FIRST_STEP_FRACTIONS`)."""
-    from nowcast_jax.visibility.windows import block_boundaries
-
     rng = (np.datetime64(st["first"], "s"), np.datetime64(st["last"], "s"))
     return block_boundaries(rng, "1h", FIRST_STEP_FRACTIONS, ())[1]
 
