@@ -19,6 +19,7 @@ between the first and the last logged step (the first step compiles). Batch buil
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -78,6 +79,20 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "nowcast_jax_bench_radar_cache"))
     args = ap.parse_args()
+    with contextlib.redirect_stdout(sys.stderr):  # pysteps prints a banner on import; stdout is for the table
+        build_ms, rates = measure(args)
+    ceiling = statistics.median(rates["bare step"])
+    print(_common.header(f"Training loop vs bare step, radar cpu recipe, {args.steps} steps per run",
+                         {"timing": "interleaved rounds, one run of each contender per round; steps/s from the "
+                                    "loop's own metrics.jsonl (first step excluded); share = median / median(bare step)",
+                          "batch building alone": f"{build_ms:.1f} ms per batch (task.train_batch + placement, main thread)"}))
+    rows = [[name, statistics.median(r), f"{min(r):.3g}-{max(r):.3g}", len(r), statistics.median(r) / ceiling]
+            for name, r in rates.items()]
+    print(_common.table(["contender", "median steps/s", "min-max steps/s", "n", "share of bare step"], rows))
+
+
+def measure(args) -> tuple[float, dict[str, list[float]]]:
+    """Batch building time (ms per batch) and steps/s per contender, one list entry per round."""
     configs = {f"loop, prefetch {n}": recipe(args.steps, n, args.cache_dir) for n in (2, 0)}
     base = configs["loop, prefetch 2"]
     t0 = time.perf_counter()
@@ -95,14 +110,7 @@ def main():
             for name, config in configs.items():
                 rates[name].append(loop_rate(config, task, Path(tmp), run))
             _common.log(f"  round {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f}/s" for k, v in rates.items()))
-    ceiling = statistics.median(rates["bare step"])
-    print(_common.header(f"Training loop vs bare step, radar cpu recipe, {args.steps} steps per run",
-                         {"timing": "interleaved rounds, one run of each contender per round; steps/s from the "
-                                    "loop's own metrics.jsonl (first step excluded); share = median / median(bare step)",
-                          "batch building alone": f"{build_ms:.1f} ms per batch (task.train_batch + placement, main thread)"}))
-    rows = [[name, statistics.median(r), f"{min(r):.3g}-{max(r):.3g}", len(r), statistics.median(r) / ceiling]
-            for name, r in rates.items()]
-    print(_common.table(["contender", "median steps/s", "min-max steps/s", "n", "share of bare step"], rows))
+    return build_ms, rates
 
 
 if __name__ == "__main__":

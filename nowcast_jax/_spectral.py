@@ -1,4 +1,4 @@
-"""Spectral 'same' convolution for small grids (the ConvLSTM's patched 16x16 frames).
+"""Spectral 'same' convolution (the ConvLSTM's patched 16x16 frames; larger grids in 16x16 tiles).
 
 A 'same' k x k correlation over an ``H x W`` frame equals a circular convolution on an
 ``(H + hi) x (W + hi)`` grid (``hi = k - 1 - (k - 1) // 2``): the positions a kernel tap
@@ -29,8 +29,8 @@ spectral input ``xb`` and takes a per-step ``sink`` added to the product's outpu
 enters through the sinks as ONE batched matmul over all ``T x 2B`` rows outside the scan
 (:func:`sink_tangents`), instead of a large gradient accumulated in the backward scan's
 carry at every step. Memory: the spectra and the stacked ``xb`` are extra (the 20 -> 20
-benchmark step's peak was ~1.2 GB against ~0.6 GB for the direct path, measured before
-issue 12's rewrite); ``remat=True`` therefore keeps the direct convolution.
+benchmark step's XLA peak is 974 MiB against 336 MiB for the direct path, docs/benchmarks.md);
+``remat=True`` therefore keeps the direct convolution.
 """
 
 from __future__ import annotations
@@ -43,10 +43,14 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 import numpy as np
 
-# "auto" uses the spectral path on CPU up to this many grid positions. benchmarks/bench_grid.py
-# (2x64 + 2x64, 5x5, batch 8, 10 -> 10), spectral vs direct training step: 16x16 1.62x,
-# 20x20 1.53x, 24x24 1.46x faster; 32x32 0.77x (dense DFTs and spectra grow with the grid squared).
-MAX_POSITIONS = 24 * 24
+# Grids up to this many positions are transformed whole; larger ones in tiles of TILE x TILE
+# outputs (overlap-save: each tile reads a (TILE + k - 1)^2 window of the zero-padded input),
+# so the dense DFTs and the spectrum stay the size of one window whatever the grid, and the
+# tiles become extra rows of each frequency's product. benchmarks/bench_grid.py (2x64 + 2x64,
+# 5x5, batch 8, 10 -> 10), whole-grid spectral vs direct training step: 16x16 1.62x, 20x20
+# 1.53x, 24x24 1.46x faster; 32x32 0.77x (dense DFTs and spectra grow with the grid squared).
+MAX_POSITIONS = 24 * 24  # whole-grid above this: 32x32 16.4 s spectral vs 18.5 s direct; tiled 9.9 s (2026-12-03)
+TILE = 16
 # ... and from this batch size up (batch = rows of each frequency's product). Below it the
 # products are matrix-vector products bound by reading the spectrum; bench_convlstm.py
 # (paper workload, ours vs conv_impl=direct, n = 5, 2026-12-02): batch 1 direct 1.16x faster
@@ -67,10 +71,11 @@ class Spectrum(NamedTuple):
     block: jax.Array
     kernel_size: int
     cpu_only: bool = False
+    tile: int = 0  # 0: the whole grid's DFT; > 0: per tile of tile x tile outputs (fits any grid)
 
 
 jax.tree_util.register_pytree_node(
-    Spectrum, lambda s: ((s.block,), (s.kernel_size, s.cpu_only)), lambda aux, c: Spectrum(c[0], *aux))
+    Spectrum, lambda s: ((s.block,), (s.kernel_size, s.cpu_only, s.tile)), lambda aux, c: Spectrum(c[0], *aux))
 
 
 class SinkedProduct(NamedTuple):
@@ -98,59 +103,82 @@ def _lo_hi(k: int) -> tuple[int, int]:
     return lo, k - 1 - lo
 
 
-@functools.lru_cache(maxsize=32)
-def dft_matrices(height: int, width: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Real DFT matrices for a ``height x width`` frame and a ``k x k`` kernel (float32).
+def tile_size(height: int, width: int, k: int) -> int:
+    """The tile :func:`kernel_spectrum` uses by default: 0 (whole grid) up to ``MAX_POSITIONS``
+    positions, else ``TILE`` (if the kernel's halo fits in a tile)."""
+    return TILE if height * width > MAX_POSITIONS and k - 1 <= TILE else 0
 
-    Returns ``(forward [Fq, 2, H*W], kernel [2, Fq, k*k], inverse [2, Fq, H*W])`` with
-    ``Fq = (H + hi) * ((W + hi) // 2 + 1)``: forward maps a frame to (re, im) of its
-    half-spectrum, kernel maps kernel taps to the spectrum of the equivalent circular filter,
-    inverse maps (re, im) back to the frame's positions (Hermitian weights folded in).
+
+@functools.lru_cache(maxsize=32)
+def dft_matrices(height: int, width: int, k: int, tile: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Real DFT matrices for a ``height x width`` frame (or, ``tile > 0``, one tile's window)
+    and a ``k x k`` kernel (float32).
+
+    Returns ``(forward [Fq, 2, P_in], kernel [2, Fq, k*k], inverse [2, Fq, P_out])``: forward
+    maps a frame to (re, im) of its half-spectrum on an ``n1 x n2`` circular grid, kernel maps
+    kernel taps to the spectrum of the equivalent circular filter, inverse maps (re, im) back
+    to the output positions (Hermitian weights folded in), ``Fq = n1 * (n2 // 2 + 1)``. Whole
+    frame: ``n = H + hi``, inputs and outputs the frame's positions. Tile: ``n = tile + k - 1``,
+    inputs the window's positions, outputs its central ``tile x tile`` (offset ``lo``), which
+    read only inside the window (nothing wraps).
     """
-    _, hi = _lo_hi(k)
-    n1, n2 = height + hi, width + hi
+    lo, hi = _lo_hi(k)
+    if tile:
+        n1 = n2 = tile + k - 1
+        in_rows = in_cols = np.arange(n1)
+        out_rows = out_cols = lo + np.arange(tile)
+    else:
+        n1, n2 = height + hi, width + hi
+        in_rows = out_rows = np.arange(height)
+        in_cols = out_cols = np.arange(width)
     u = np.arange(n1)[:, None, None, None]
     v = np.arange(n2 // 2 + 1)[None, :, None, None]
-    rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]
-    theta = 2 * np.pi * (u * rows / n1 + v * cols / n2)  # [n1, V, H, W]
-    theta = theta.reshape(-1, height * width)
-    forward = np.stack([np.cos(theta), -np.sin(theta)], axis=1)
-    taps = np.arange(k) - _lo_hi(k)[0]
-    phi = 2 * np.pi * (u * taps[:, None] / n1 + v * taps[None, :] / n2)  # [n1, V, k, k]
-    phi = phi.reshape(-1, k * k)
+
+    def phases(rows, cols):  # [n1 * V, rows * cols]
+        return (2 * np.pi * (u * rows[:, None] / n1 + v * cols[None, :] / n2)).reshape(n1 * (n2 // 2 + 1), -1)
+
+    theta_in, theta_out = phases(in_rows, in_cols), phases(out_rows, out_cols)
+    forward = np.stack([np.cos(theta_in), -np.sin(theta_in)], axis=1)
+    taps = np.arange(k) - lo
+    phi = phases(taps, taps)  # [n1 * V, k * k]
     kernel = np.stack([np.cos(phi), np.sin(phi)], axis=0)
     vv = np.arange(n2 // 2 + 1)
     weight = np.where((vv == 0) | ((n2 % 2 == 0) & (vv == n2 // 2)), 1.0, 2.0) / (n1 * n2)
     weight = np.broadcast_to(weight, (n1, vv.size)).reshape(-1, 1)
-    inverse = np.stack([np.cos(theta) * weight, -np.sin(theta) * weight], axis=0)
+    inverse = np.stack([np.cos(theta_out) * weight, -np.sin(theta_out) * weight], axis=0)
     return tuple(a.astype(np.float32) for a in (forward, kernel, inverse))
 
 
-def kernel_spectrum(w: jax.Array, height: int, width: int, *, cpu_only: bool = False) -> Spectrum:
-    """Spectrum of a ``[k, k, Cin, Cout]`` kernel (square; computed in float32) on a ``height x width`` grid."""
+def kernel_spectrum(w: jax.Array, height: int, width: int, *, cpu_only: bool = False,
+                    tile: int | None = None) -> Spectrum:
+    """Spectrum of a ``[k, k, Cin, Cout]`` kernel (square; computed in float32) on a ``height x width``
+    grid, whole or (``tile > 0``; default :func:`tile_size`) per tile of ``tile x tile`` outputs."""
     k, k2, cin, cout = w.shape
     if k != k2:
         raise ValueError(f"kernel_spectrum wants a square kernel; got {w.shape}")
-    _, kernel, _ = dft_matrices(int(height), int(width), k)  # [2, Fq, k*k]
+    tile = tile_size(int(height), int(width), k) if tile is None else int(tile)
+    if tile and k - 1 > tile:
+        raise ValueError(f"kernel_spectrum: tile {tile} is smaller than the {k}x{k} kernel's halo; use tile >= {k - 1}")
+    size = (0, 0) if tile else (int(height), int(width))
+    _, kernel, _ = dft_matrices(*size, k, tile)  # [2, Fq, k*k]
     # The tap axis is zero-padded to a multiple of 8: XLA:CPU's GEMM was up to 4x slower at K=25.
     taps = -(-k * k // 8) * 8
     kernel = np.pad(kernel, ((0, 0), (0, 0), (0, taps - k * k)))
     per_freq = np.ascontiguousarray(np.swapaxes(kernel, 0, 1)).reshape(-1, taps)  # rows (f, re/im)
     w_taps = jnp.pad(w.astype(jnp.float32).reshape(k * k, cin * cout), ((0, taps - k * k), (0, 0)))
     block = jnp.dot(per_freq, w_taps, precision=_HI).reshape(-1, 2 * cin, cout)
-    return Spectrum(block, k, cpu_only)
+    return Spectrum(block, k, cpu_only, tile)
 
 
 def use_spectral(impl: str, kernel_size: int, spatial_shape, dtype) -> bool:
     """Whether a cell should prepare a spectrum: always for ``impl="spectral"``; for ``"auto"``
-    when float32, k >= 3 and the grid is small (the spectrum is then used only where the
+    when float32, k >= 3 and the halo fits a tile (the spectrum is then used only where the
     computation is lowered for CPU: see :class:`Spectrum`)."""
     if impl == "spectral":
         return True
     if impl != "auto" or len(spatial_shape) != 2:
         return False
-    return (jnp.dtype(dtype) == jnp.float32 and kernel_size >= 3
-            and spatial_shape[0] * spatial_shape[1] <= MAX_POSITIONS)
+    return (jnp.dtype(dtype) == jnp.float32 and 3 <= kernel_size <= TILE + 1)
 
 
 def spectral_conv2d(x: jax.Array, spectrum: Spectrum) -> jax.Array:
@@ -165,23 +193,54 @@ def conv_parts(x: jax.Array, spectrum: Spectrum, sinked: SinkedProduct | None = 
     the product's output gets ``sinked.sink`` added and its tangent leaves out the block's
     term: the scan injects that term for all steps at once through the sink."""
     batch, height, width, cin = x.shape
-    forward, _, inverse = dft_matrices(height, width, spectrum.kernel_size)
+    k, tile = spectrum.kernel_size, spectrum.tile
+    forward, _, inverse = dft_matrices(0, 0, k, tile) if tile else dft_matrices(height, width, k)
     fq = forward.shape[0]
     if spectrum.block.shape[:2] != (fq, 2 * cin):
         raise ValueError(f"spectral_conv2d: spectrum {spectrum.block.shape} does not fit an input {x.shape}")
-    x = x.astype(jnp.float32).reshape(batch, height * width, cin)
-    xs = jnp.einsum("fps,bsc->fpbc", forward, x, precision=_HI)  # [Fq, 2(re, im), B, Cin]
+    x = x.astype(jnp.float32)
+    frames = _windows(x, tile, k) if tile else x.reshape(batch, height * width, cin)  # [R, P_in, Cin]
+    xs = jnp.einsum("fps,rsc->fprc", forward, frames, precision=_HI)  # [Fq, 2(re, im), R, Cin]
     x_re, x_im = xs[:, 0], xs[:, 1]
     # Real block of the complex product: [[Xr, -Xi], [Xi, Xr]] @ [Sr; Si] = [Yr; Yi].
     xb = jnp.concatenate([jnp.concatenate([x_re, -x_im], -1), jnp.concatenate([x_im, x_re], -1)], 1)
     if sinked is None:
-        y = jnp.matmul(xb, spectrum.block, precision=_HI)  # [Fq, 2B, Cout]
+        y = jnp.matmul(xb, spectrum.block, precision=_HI)  # [Fq, 2R, Cout]
     else:
         y = _sinked_product(xb, spectrum.block, sinked.re_t, sinked.im_t) + sinked.sink
-    y = y.reshape(fq, 2, batch, -1)  # [Fq, re/im, B, Cout]
-    inverse_fq = np.ascontiguousarray(np.swapaxes(inverse, 0, 1))  # [Fq, 2, H*W]
-    out = jnp.einsum("fqs,fqbo->bso", inverse_fq, y, precision=_HI)
+    y = y.reshape(fq, 2, frames.shape[0], -1)  # [Fq, re/im, R, Cout]
+    inverse_fq = np.ascontiguousarray(np.swapaxes(inverse, 0, 1))  # [Fq, 2, P_out]
+    out = jnp.einsum("fqs,fqro->rso", inverse_fq, y, precision=_HI)  # [R, P_out, Cout]
+    if tile:
+        return _untile(out, batch, height, width, tile), xb
     return out.reshape(batch, height, width, -1), xb
+
+
+def _windows(x: jax.Array, tile: int, k: int) -> jax.Array:
+    """``x [B, H, W, C]`` -> the tiles' overlapping windows ``[B * I * J, n * n, C]`` (``n = tile + k - 1``,
+    ``I x J`` tiles): window ``(i, j)`` holds input rows ``i * tile - lo ...`` (zero outside the frame)."""
+    batch, height, width, c = x.shape
+    lo, _ = _lo_hi(k)
+    ni, nj = -(-height // tile), -(-width // tile)
+    # Padded to one tile past the last, so the next tile's first k - 1 rows exist for every tile.
+    x = jnp.pad(x, ((0, 0), (lo, (ni + 1) * tile - height - lo), (lo, (nj + 1) * tile - width - lo), (0, 0)))
+
+    def along(a, axis, n_tiles):  # split one axis into n_tiles windows of tile + k - 1
+        shape = a.shape[:axis] + (n_tiles, tile) + a.shape[axis + 1:]
+        body = jax.lax.slice_in_dim(a, 0, n_tiles * tile, axis=axis).reshape(shape)
+        head = jax.lax.slice_in_dim(a, tile, (n_tiles + 1) * tile, axis=axis).reshape(shape)
+        return jnp.concatenate([body, jax.lax.slice_in_dim(head, 0, k - 1, axis=axis + 1)], axis=axis + 1)
+
+    x = along(along(x, 1, ni), 3, nj)  # [B, I, n, J, n, C]
+    n = tile + k - 1
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(batch * ni * nj, n * n, c)
+
+
+def _untile(out: jax.Array, batch: int, height: int, width: int, tile: int) -> jax.Array:
+    """The tiles' outputs ``[B * I * J, tile * tile, C]`` -> the frame ``[B, H, W, C]``."""
+    ni, nj = -(-height // tile), -(-width // tile)
+    out = out.reshape(batch, ni, nj, tile, tile, -1).transpose(0, 1, 3, 2, 4, 5)
+    return out.reshape(batch, ni * tile, nj * tile, -1)[:, :height, :width]
 
 
 def sink_tangents(xbs: jax.Array, block_tangent: jax.Array) -> jax.Array:
