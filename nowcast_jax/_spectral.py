@@ -12,7 +12,9 @@ machine's GEMM.
 The kernel's spectrum depends only on the parameters, so a recurrent cell computes it
 once per sequence (:func:`kernel_spectrum`, done by ``Cell.prepare`` outside the scan),
 not once per step. Layout: a frame batch ``x [B, H, W, Cin]`` becomes the real block
-``xb [Fq, 2B, 2Cin] = [[Xr, -Xi], [Xi, Xr]]`` (``Fq`` frequencies) and the spectrum is
+``xb [Fq, 2B, 2Cin] = [[Xr, -Xi], [Xi, Xr]]`` (``Fq`` frequencies; on grids above
+``MAX_POSITIONS`` each frame is cut into tiles, which become the rows instead of the frames:
+``xb [Fq, 2R, 2Cin]`` with ``R = B x tiles``) and the spectrum is
 ``block [Fq, 2Cin, Cout] = [Sr; Si]``, so ``xb @ block = [Yr; Yi]``, the real and imaginary
 parts of the product, in one batched matmul. Numbers agree with ``lax.conv`` to float
 rounding (relative error ~1e-6 in float32).
@@ -26,7 +28,7 @@ of ``grad``, forward mode, ``vmap``). Inside the ConvLSTM stacks' scans,
 :func:`nowcast_jax.rollout.stack_scan` defers the spectrum's gradient: each step returns its
 spectral input ``xb`` and takes a per-step ``sink`` added to the product's output
 (:func:`conv_parts`), and the tangent (hence, transposed, the gradient) of the spectrum
-enters through the sinks as ONE batched matmul over all ``T x 2B`` rows outside the scan
+enters through the sinks as ONE batched matmul over all ``T x 2R`` rows outside the scan
 (:func:`sink_tangents`), instead of a large gradient accumulated in the backward scan's
 carry at every step. Memory: the spectra and the stacked ``xb`` are extra (the 20 -> 20
 benchmark step's XLA peak is 974 MiB against 336 MiB for the direct path, docs/benchmarks.md);
@@ -47,10 +49,11 @@ import numpy as np
 # outputs (overlap-save: each tile reads a (TILE + k - 1)^2 window of the zero-padded input),
 # so the dense DFTs and the spectrum stay the size of one window whatever the grid, and the
 # tiles become extra rows of each frequency's product. benchmarks/bench_grid.py (2x64 + 2x64,
-# 5x5, batch 8, 10 -> 10), whole-grid spectral vs direct training step: 16x16 1.62x, 20x20
-# 1.53x, 24x24 1.46x faster; 32x32 0.77x (dense DFTs and spectra grow with the grid squared).
-MAX_POSITIONS = 24 * 24  # whole-grid above this: 32x32 16.4 s spectral vs 18.5 s direct; tiled 9.9 s (2026-12-03)
-TILE = 16
+# 5x5, batch 8, 10 -> 10, 2026-12-03 07:20 run), whole-grid spectral vs direct training step:
+# 1.84x faster at 16x16, 2.05x at 20x20, 1.70x at 24x24, only 1.12x at 32x32 (the dense DFTs
+# and the spectrum grow with the grid squared); tiled at 32x32: 1.88x (bench_convlstm, n = 7).
+MAX_POSITIONS = 24 * 24
+TILE = 16  # tiles of 8 measured the same at 32x32 (10.2 vs 10.5 s, n = 3); 16 stores fewer rows
 # ... and from this batch size up (batch = rows of each frequency's product). Below it the
 # products are matrix-vector products bound by reading the spectrum; bench_convlstm.py
 # (paper workload, ours vs conv_impl=direct, n = 5, 2026-12-02): batch 1 direct 1.16x faster
@@ -61,10 +64,11 @@ MIN_BATCH = 2
 
 
 class Spectrum(NamedTuple):
-    """A kernel's DFT on one grid as one real block per frequency, ``block [Fq, 2Cin, Cout]``
-    (rows: real parts of all input channels, then imaginary parts). ``cpu_only`` marks a
-    spectrum that ``conv_impl="auto"`` made: it is used where the computation is lowered for
-    CPU, and the vendor convolution of the same kernel elsewhere. ``block`` is the only
+    """A kernel's DFT as one real block per frequency, ``block [Fq, 2Cin, Cout]`` (rows: real
+    parts of all input channels, then imaginary parts), on the ``grid (H, W)`` it was made for
+    (``tile == 0``) or on one tile's window (``tile > 0``; such a spectrum fits any grid).
+    ``cpu_only`` marks a spectrum that ``conv_impl="auto"`` made: it is used where the
+    computation is lowered for CPU, and the vendor convolution of the same kernel elsewhere. ``block`` is the only
     array: everything else is derived from it where it is needed, so a Spectrum can be
     differentiated (or built by hand) like any other pytree."""
 
@@ -72,17 +76,19 @@ class Spectrum(NamedTuple):
     kernel_size: int
     cpu_only: bool = False
     tile: int = 0  # 0: the whole grid's DFT; > 0: per tile of tile x tile outputs (fits any grid)
+    grid: tuple[int, ...] = ()  # (H, W) of a whole-grid spectrum (checked where it is applied); () when tiled
 
 
 jax.tree_util.register_pytree_node(
-    Spectrum, lambda s: ((s.block,), (s.kernel_size, s.cpu_only, s.tile)), lambda aux, c: Spectrum(c[0], *aux))
+    Spectrum, lambda s: ((s.block,), (s.kernel_size, s.cpu_only, s.tile, s.grid)),
+    lambda aux, c: Spectrum(c[0], *aux))
 
 
 class SinkedProduct(NamedTuple):
     """What the deferred scan hands one spectral product per step (:func:`conv_parts`): the
-    ``sink [Fq, 2B, Cout]`` added to its output, through which the spectrum's tangent enters,
-    and ``re_t``/``im_t [Fq, Cout, Cin]``, the block's two halves transposed, which the input
-    tangent multiplies by (a transposed operand is ~4x slower in XLA:CPU's batched matmul)."""
+    ``sink [Fq, 2R, Cout]`` added to its output (``R``: the batch, times the tiles per frame
+    when tiled), through which the spectrum's tangent enters, and ``re_t``/``im_t [Fq, Cout,
+    Cin]``, the block's two halves transposed, which the input tangent multiplies by (a transposed operand is ~4x slower in XLA:CPU's batched matmul)."""
 
     sink: jax.Array
     re_t: jax.Array
@@ -105,8 +111,8 @@ def _lo_hi(k: int) -> tuple[int, int]:
 
 def tile_size(height: int, width: int, k: int) -> int:
     """The tile :func:`kernel_spectrum` uses by default: 0 (whole grid) up to ``MAX_POSITIONS``
-    positions, else ``TILE`` (if the kernel's halo fits in a tile)."""
-    return TILE if height * width > MAX_POSITIONS and k - 1 <= TILE else 0
+    positions, else ``TILE``, or ``k - 1`` for a kernel whose halo is wider than that."""
+    return max(TILE, k - 1) if height * width > MAX_POSITIONS else 0
 
 
 @functools.lru_cache(maxsize=32)
@@ -119,8 +125,8 @@ def dft_matrices(height: int, width: int, k: int, tile: int = 0) -> tuple[np.nda
     kernel taps to the spectrum of the equivalent circular filter, inverse maps (re, im) back
     to the output positions (Hermitian weights folded in), ``Fq = n1 * (n2 // 2 + 1)``. Whole
     frame: ``n = H + hi``, inputs and outputs the frame's positions. Tile: ``n = tile + k - 1``,
-    inputs the window's positions, outputs its central ``tile x tile`` (offset ``lo``), which
-    read only inside the window (nothing wraps).
+    inputs the window's positions, outputs the ``tile x tile`` block at offset ``lo``, which
+    reads only inside the window (nothing wraps).
     """
     lo, hi = _lo_hi(k)
     if tile:
@@ -159,26 +165,28 @@ def kernel_spectrum(w: jax.Array, height: int, width: int, *, cpu_only: bool = F
     tile = tile_size(int(height), int(width), k) if tile is None else int(tile)
     if tile and k - 1 > tile:
         raise ValueError(f"kernel_spectrum: tile {tile} is smaller than the {k}x{k} kernel's halo; use tile >= {k - 1}")
-    size = (0, 0) if tile else (int(height), int(width))
-    _, kernel, _ = dft_matrices(*size, k, tile)  # [2, Fq, k*k]
+    grid = () if tile else (int(height), int(width))
+    _, kernel, _ = dft_matrices(*(grid or (0, 0)), k, tile)  # [2, Fq, k*k]
     # The tap axis is zero-padded to a multiple of 8: XLA:CPU's GEMM was up to 4x slower at K=25.
     taps = -(-k * k // 8) * 8
     kernel = np.pad(kernel, ((0, 0), (0, 0), (0, taps - k * k)))
     per_freq = np.ascontiguousarray(np.swapaxes(kernel, 0, 1)).reshape(-1, taps)  # rows (f, re/im)
     w_taps = jnp.pad(w.astype(jnp.float32).reshape(k * k, cin * cout), ((0, taps - k * k), (0, 0)))
     block = jnp.dot(per_freq, w_taps, precision=_HI).reshape(-1, 2 * cin, cout)
-    return Spectrum(block, k, cpu_only, tile)
+    return Spectrum(block, k, cpu_only, tile, grid)
 
 
 def use_spectral(impl: str, kernel_size: int, spatial_shape, dtype) -> bool:
     """Whether a cell should prepare a spectrum: always for ``impl="spectral"``; for ``"auto"``
-    when float32, k >= 3 and the halo fits a tile (the spectrum is then used only where the
-    computation is lowered for CPU: see :class:`Spectrum`)."""
+    when float32 and k >= 3, on grids above ``MAX_POSITIONS`` only if the halo fits a ``TILE``
+    (the range measured; the spectrum is then used only where the computation is lowered for
+    CPU: see :class:`Spectrum`)."""
     if impl == "spectral":
         return True
     if impl != "auto" or len(spatial_shape) != 2:
         return False
-    return (jnp.dtype(dtype) == jnp.float32 and 3 <= kernel_size <= TILE + 1)
+    whole_grid = spatial_shape[0] * spatial_shape[1] <= MAX_POSITIONS
+    return jnp.dtype(dtype) == jnp.float32 and kernel_size >= 3 and (whole_grid or kernel_size - 1 <= TILE)
 
 
 def spectral_conv2d(x: jax.Array, spectrum: Spectrum) -> jax.Array:
@@ -187,14 +195,18 @@ def spectral_conv2d(x: jax.Array, spectrum: Spectrum) -> jax.Array:
 
 
 def conv_parts(x: jax.Array, spectrum: Spectrum, sinked: SinkedProduct | None = None) -> tuple[jax.Array, jax.Array]:
-    """:func:`spectral_conv2d` that also returns the product's input ``xb [Fq, 2B, 2Cin]``.
+    """:func:`spectral_conv2d` that also returns the product's input ``xb [Fq, 2R, 2Cin]`` (``R``
+    rows: one per frame, or per tile of each frame when the spectrum is tiled).
 
     With ``sinked`` (only inside the deferred scan, which made it from this spectrum's block)
     the product's output gets ``sinked.sink`` added and its tangent leaves out the block's
     term: the scan injects that term for all steps at once through the sink."""
     batch, height, width, cin = x.shape
     k, tile = spectrum.kernel_size, spectrum.tile
-    forward, _, inverse = dft_matrices(0, 0, k, tile) if tile else dft_matrices(height, width, k)
+    if not tile and tuple(spectrum.grid) != (height, width):
+        raise ValueError(f"spectral_conv2d: a spectrum made for a {tuple(spectrum.grid)} grid does not fit an input "
+                         f"{x.shape}; build it with kernel_spectrum(w, {height}, {width})")
+    forward, _, inverse = dft_matrices(0, 0, k, tile) if tile else dft_matrices(height, width, k, 0)
     fq = forward.shape[0]
     if spectrum.block.shape[:2] != (fq, 2 * cin):
         raise ValueError(f"spectral_conv2d: spectrum {spectrum.block.shape} does not fit an input {x.shape}")
@@ -244,15 +256,15 @@ def _untile(out: jax.Array, batch: int, height: int, width: int, tile: int) -> j
 
 
 def sink_tangents(xbs: jax.Array, block_tangent: jax.Array) -> jax.Array:
-    """What a spectrum's tangent adds to every step's product output: ``xbs [T, Fq, 2B, 2Cin]``,
-    ``block_tangent [Fq, 2Cin, Cout]`` -> ``[T, Fq, 2B, Cout]``, one batched matmul over all
-    T x 2B rows (transposed by autodiff into the spectrum's gradient, again one matmul)."""
+    """What a spectrum's tangent adds to every step's product output: ``xbs [T, Fq, 2R, 2Cin]``,
+    ``block_tangent [Fq, 2Cin, Cout]`` -> ``[T, Fq, 2R, Cout]``, one batched matmul over all
+    T x 2R rows (transposed by autodiff into the spectrum's gradient, again one matmul)."""
     return jnp.einsum("tfbc,fco->tfbo", xbs, block_tangent, precision=_HI)
 
 
 @jax.custom_jvp
 def _sinked_product(xb, block, re_t, im_t):
-    """``xb [Fq, 2B, 2Cin] @ block [Fq, 2Cin, Cout]`` inside the deferred scan. Its tangent is
+    """``xb [Fq, 2R, 2Cin] @ block [Fq, 2Cin, Cout]`` inside the deferred scan. Its tangent is
     ``t_xb @ block`` written against ``re_t``/``im_t`` (the block's transposed halves, derived
     from it by the scan), so that its transpose, the input gradient, is two plain matmuls; the
     block's own term ``xb @ t_block`` is left out because the scan adds it through the sink."""

@@ -219,7 +219,7 @@ def conv_lstm(hidden_channels: int, kernel_x: int = 5, kernel_h: int = 5, *, pee
 
     def apply_with_sink(params: Params, carry: LSTMState, x: jax.Array, sinked):
         """``apply`` through the spectrum (which ``params`` must hold) and ``sinked`` (None, or a
-        :class:`nowcast_jax._spectral.SinkedProduct`); returns ``(LSTMState, h, xb [Fq, 2B, 2(Cin + F)])``."""
+        :class:`nowcast_jax._spectral.SinkedProduct`); returns ``(LSTMState, h, xb [Fq, 2R, 2(Cin + F)])``."""
         z, xb = spectral.conv_parts(stacked_input(params, carry, x), params["spectrum"], sinked)
         state = _conv_gate_update(z.astype(carry.c.dtype) + params["b"], carry.c, params)
         return state, state.h, xb

@@ -41,6 +41,12 @@ def test_spectral_errors_name_the_problem():
         spectral.spectral_conv2d(jnp.zeros((1, 8, 8, 3)), spec)  # wrong channels
     with pytest.raises(ValueError, match="does not fit an input"):
         spectral.spectral_conv2d(jnp.zeros((1, 10, 8, 2)), spec)  # wrong grid
+    # At k = 3, 16x15 and 16x16 have the same number of frequencies (circular grids 17x16 and 17x17,
+    # both 17 x 9 half-spectra): only the grid the spectrum records tells them apart.
+    narrow = spectral.kernel_spectrum(jnp.zeros((3, 3, 2, 4)), 16, 15)
+    assert narrow.block.shape == spectral.kernel_spectrum(jnp.zeros((3, 3, 2, 4)), 16, 16).block.shape
+    with pytest.raises(ValueError, match=r"made for a \(16, 15\) grid does not fit an input"):
+        spectral.spectral_conv2d(jnp.zeros((1, 16, 16, 2)), narrow)
 
 
 def test_auto_choice():
@@ -53,6 +59,11 @@ def test_auto_choice():
     assert not spectral.use_spectral("auto", 1, (16, 16), jnp.float32)
     assert not spectral.use_spectral("direct", 5, (16, 16), jnp.float32)
     assert spectral.use_spectral("spectral", 5, (64, 64), jnp.bfloat16)
+    tile = spectral.TILE
+    assert spectral.use_spectral("auto", tile + 1, (32, 32), jnp.float32)  # the widest halo a tile holds
+    assert not spectral.use_spectral("auto", tile + 2, (32, 32), jnp.float32)  # beyond the range measured
+    assert spectral.use_spectral("auto", tile + 2, (16, 16), jnp.float32)  # small grids are not tiled
+    assert spectral.tile_size(32, 32, tile + 3) == tile + 2  # impl="spectral": the tile grows to the halo
     assert cells.conv_lstm(4, conv_impl="auto").prepare(cells.conv_lstm(4).init(jax.random.PRNGKey(0), 2),
                                                         (6, 6))["spectrum"].cpu_only
     assert not cells.conv_lstm(4, conv_impl="spectral").prepare(cells.conv_lstm(4).init(jax.random.PRNGKey(0), 2),
@@ -188,8 +199,12 @@ def test_large_grids_are_tiled_by_default():
     big = spectral.kernel_spectrum(w, 32, 48)
     assert big.tile == spectral.TILE
     assert big.block.shape == spectral.kernel_spectrum(w, 40, 40).block.shape  # one window's size, any grid
+    w, x = _rand(0, (5, 5, 2, 3)), _rand(1, (1, 30, 27, 2))
+    got = spectral.spectral_conv2d(x, spectral.kernel_spectrum(w, 32, 48))  # a tiled spectrum fits any grid
+    want = conv_same(np.asarray(x, np.float64), np.asarray(w, np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     with pytest.raises(ValueError, match="smaller than the 5x5 kernel's halo"):
-        spectral.kernel_spectrum(w, 8, 8, tile=3)
+        spectral.kernel_spectrum(jnp.zeros((5, 5, 2, 4)), 8, 8, tile=3)
 
 
 def test_deferred_scan_gradients_equal_autodiff_with_tiles(monkeypatch):
