@@ -1,4 +1,4 @@
-"""The host-allocator setting of nowcast_jax/runtime.py (what the CLI applies to its process).
+"""The host-allocator setting of nowcast_jax/engine/runtime.py (what the CLI applies to its process).
 
 The setting is process-wide, so it cannot be compared inside one process: each
 configuration runs in a FRESH subprocess that calls ``nowcast_jax.engine.runtime.tune_host_allocator()``
