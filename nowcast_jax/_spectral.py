@@ -49,11 +49,12 @@ import numpy as np
 # outputs (overlap-save: each tile reads a (TILE + k - 1)^2 window of the zero-padded input),
 # so the dense DFTs and the spectrum stay the size of one window whatever the grid, and the
 # tiles become extra rows of each frequency's product. benchmarks/bench_grid.py (2x64 + 2x64,
-# 5x5, batch 8, 10 -> 10, 2026-12-03 07:20 run), whole-grid spectral vs direct training step:
-# 1.84x faster at 16x16, 2.05x at 20x20, 1.70x at 24x24, only 1.12x at 32x32 (the dense DFTs
-# and the spectrum grow with the grid squared); tiled at 32x32: 1.88x (bench_convlstm, n = 7).
+# 5x5, batch 8, 10 -> 10; benchmarks/results/grid.md, 2026-12-03, n = 4), training step vs
+# direct: whole grid 2.0x faster at 16x16, 1.95x at 20x20, 1.76x at 24x24, only 1.36x at 32x32
+# (the dense DFTs and the spectrum grow with the grid squared); tiled 1.83x at 32x32 but slower
+# than direct at 20x20 and 24x24 (four 16x16 tiles for a grid little larger than one).
 MAX_POSITIONS = 24 * 24
-TILE = 16  # tiles of 8 measured the same at 32x32 (10.2 vs 10.5 s, n = 3); 16 stores fewer rows
+TILE = 16  # tiles of 8 measured the same at 32x32 (10.2 vs 10.5 s, n = 3, ad hoc); 16 stores fewer rows
 # ... and from this batch size up (batch = rows of each frequency's product). Below it the
 # products are matrix-vector products bound by reading the spectrum; bench_convlstm.py
 # (paper workload, ours vs conv_impl=direct, n = 5, 2026-12-02): batch 1 direct 1.16x faster
