@@ -87,15 +87,15 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--inner", type=int, default=20)
     ap.add_argument("--torch-threads", type=int, default=2)
-    ap.add_argument("--only", default="ours,ours_unroll4,ours_unroll12,flax,torch,torch1")
+    ap.add_argument("--only", default="ours,ours_unroll1,ours_unroll4,flax,torch,torch1")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((B, T, F), dtype=np.float32))
     y = jnp.asarray(rng.standard_normal((B, NH), dtype=np.float32))
     builders = {
-        "ours": ("ours (station_lstm, unroll 1)", lambda: ours(x, y, args.inner)),
+        "ours": (f"ours (station_lstm defaults: {T} steps unrolled fully)", lambda: ours(x, y, args.inner)),
+        "ours_unroll1": ("ours, unroll=1 (the default before 2026-12-04)", lambda: ours(x, y, args.inner, unroll=1)),
         "ours_unroll4": ("ours, unroll=4", lambda: ours(x, y, args.inner, unroll=4)),
-        "ours_unroll12": ("ours, unroll=12 (full)", lambda: ours(x, y, args.inner, unroll=12)),
         "flax": ("Flax linen OptimizedLSTMCell + nn.RNN", lambda: flax_peer(x, y, args.inner)),
         "torch": (f"PyTorch nn.LSTM ({args.torch_threads} threads)", lambda: torch_peer(x, y, args.inner, args.torch_threads)),
         "torch1": ("PyTorch nn.LSTM (1 thread)", lambda: torch_peer(x, y, args.inner, 1)),

@@ -5,6 +5,8 @@
 # Creates benchmarks/.venv first if it is missing. Writes one .md per script and all.md (concatenated),
 # which is what docs/benchmarks.md quotes. Scripts run one after another, never in parallel, so they do
 # not disturb each other; a script that fails is named in all.md and the others still run (exit 1 at the end).
+# OUT sets the full run's folder (default benchmarks/results; e.g. OUT=benchmarks/results/<host> keeps a
+# second host's run beside the one docs quote).
 # RUNS (default 7) sets the timed runs per contender; SLOW_RUNS (default 3) those of contenders whose first
 # (compiling) call takes > 3x that of ours (the lax.conv-based steps, Flax, Keras).
 set -uo pipefail
@@ -23,7 +25,7 @@ if [ "$quick" = 1 ]; then
   # shorter sequences for the larger workloads (the check took 14 min at full length on 2026-12-03)
   extra_seq="--in-steps 5 --out-steps 5"; mem_steps=5; roof_steps=3
 else
-  runs="${RUNS:-7}"; slow="${SLOW_RUNS:-3}"; out=benchmarks/results
+  runs="${RUNS:-7}"; slow="${SLOW_RUNS:-3}"; out="${OUT:-benchmarks/results}"
   main_only=""
   extra_only="ours,torch,torch_best"
   extra_runs="$runs"; grid_frames="64,80,96,128"

@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import jax.extend.core
 import jax.test_util
 import numpy as np
 import pytest
@@ -187,6 +188,36 @@ def test_station_lstm_equals_loop_and_mlp_equals_numpy():
         model.apply(params, x[0])
     with pytest.raises(ValueError, match="built for"):
         mlp.apply(p, x[:, :3])
+
+
+def _scan_unrolls(fn, *args) -> list:
+    """The ``unroll`` of every scan in ``fn``'s jaxpr (nested ones included)."""
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "scan":
+                found.append(eqn.params["unroll"])
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+@pytest.mark.parametrize("steps", [7, models.FULL_UNROLL_STEPS + 1])
+def test_station_lstm_default_unroll_is_full_up_to_the_limit_and_same_gradients(steps):
+    default, looped = models.station_lstm((4, 3), horizons=2), models.station_lstm((4, 3), horizons=2, unroll=1)
+    params = default.init(jax.random.PRNGKey(0), 5)
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, steps, 5))
+    loss = lambda m: (lambda p: jnp.sum(jnp.sin(m.apply(p, x)["value"])))
+    assert _scan_unrolls(loss(default), params) == [steps if steps <= models.FULL_UNROLL_STEPS else 1]
+    assert _scan_unrolls(loss(looped), params) == [1]
+    for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss(default))(params)),
+                    jax.tree_util.tree_leaves(jax.grad(loss(looped))(params))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unroll"):
+        models.station_lstm((4,), unroll=0)
 
 
 def test_bf16_model_close_to_f32():
