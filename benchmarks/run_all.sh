@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate every benchmark table in one command:
-#   bash benchmarks/run_all.sh            full run (82 min on 2 cores, 2026-12-03) -> benchmarks/results/
+#   bash benchmarks/run_all.sh            full run (82 min on a 2-core EPYC, 26 min on an AVX-512 one) -> benchmarks/results/
 #   bash benchmarks/run_all.sh --quick    a check that every script runs (< 10 min) -> benchmarks/results/quick/
 # Creates benchmarks/.venv first if it is missing. Writes one .md per script and all.md (concatenated),
 # which is what docs/benchmarks.md quotes. Scripts run one after another, never in parallel, so they do
