@@ -3,10 +3,10 @@
 #   bash benchmarks/run_all.sh            full run (82 min on a 2-core EPYC, 26 min on an AVX-512 one) -> benchmarks/results/
 #   bash benchmarks/run_all.sh --quick    a check that every script runs (< 10 min) -> benchmarks/results/quick/
 # Creates benchmarks/.venv first if it is missing. Writes one .md per script and all.md (concatenated),
-# which is what docs/benchmarks.md quotes. Scripts run one after another, never in parallel, so they do
+# which is what docs/benchmarks.md quotes (host A's run in results/, host B's in results/avx512/). Scripts run one after another, never in parallel, so they do
 # not disturb each other; a script that fails is named in all.md and the others still run (exit 1 at the end).
 # OUT sets the full run's folder (default benchmarks/results; e.g. OUT=benchmarks/results/<host> keeps a
-# second host's run beside the one docs quote).
+# second host's run beside the first).
 # RUNS (default 7) sets the timed runs per contender; SLOW_RUNS (default 3) those of contenders whose first
 # (compiling) call takes > 3x that of ours (the lax.conv-based steps, Flax, Keras).
 set -uo pipefail

@@ -16,6 +16,7 @@ Models return raw outputs (logits or values); the task chooses the link and the 
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -277,8 +278,14 @@ def station_lstm(hidden: Sequence[int] = (64, 64), horizons: int = 3, *, aux_log
     classification head) when ``aux_logits``. ``unroll=None`` unrolls the time loop fully when
     ``T <= FULL_UNROLL_STEPS`` and not at all above (an int is passed to ``lax.scan``).
     """
-    if unroll is not None and (isinstance(unroll, bool) or int(unroll) < 1):
-        raise ValueError(f"station_lstm: unroll must be None or a positive int; got {unroll!r}")
+    if unroll is not None:
+        try:
+            steps_per_iteration = -1 if isinstance(unroll, bool) else operator.index(unroll)  # no floats, strings
+        except TypeError:
+            steps_per_iteration = -1
+        if steps_per_iteration < 1:
+            raise ValueError(f"station_lstm: unroll must be None or a positive int; got {unroll!r}")
+        unroll = steps_per_iteration
     cells = [cells_lib.lstm(f, peepholes=peepholes, forget_bias=forget_bias, compute_dtype=compute_dtype)
              for f in hidden]
 

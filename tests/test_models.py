@@ -216,8 +216,9 @@ def test_station_lstm_default_unroll_is_full_up_to_the_limit_and_same_gradients(
     for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss(default))(params)),
                     jax.tree_util.tree_leaves(jax.grad(loss(looped))(params))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="unroll"):
-        models.station_lstm((4,), unroll=0)
+    for bad in (0, -1, True, 2.5, "4"):
+        with pytest.raises(ValueError, match="unroll must be None or a positive int"):
+            models.station_lstm((4,), unroll=bad)
 
 
 def test_bf16_model_close_to_f32():

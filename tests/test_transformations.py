@@ -206,7 +206,7 @@ def test_the_issue_case_gradient_penalty_with_default_settings():
     _close(got, want, what="gradient penalty")
 
 
-@pytest.mark.parametrize("remat,unroll", [(False, 1), (True, 2)])
+@pytest.mark.parametrize("remat,unroll", [(False, 1), (True, 2), (False, None), (True, None)])
 def test_station_lstm_all_transformations_match_a_python_loop(remat, unroll):
     model = models.station_lstm((6, 5), horizons=3, remat=remat, unroll=unroll)
     params = model.init(jax.random.PRNGKey(0), 4)
