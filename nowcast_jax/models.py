@@ -31,7 +31,8 @@ FORECASTER_INPUTS = ("zeros", "autoregressive")
 # station_lstm's default unrolls the time loop fully up to this many steps, and not above.
 # Measured (2026-12-04, 2-core AVX-512 EPYC, 2 x 64 units, batch 256, training step, n = 7):
 # full unroll was 1.19x faster at 12 steps (compile 1.9 vs 0.5 s), 1.47x at 24 (5.4 vs 0.5 s)
-# and 1.73x slower at 48 (compile 22 s); unroll 4 at 12 steps was 1.22x slower than 1.
+# and 1.73x slower at 48 (compile 22 s): benchmarks/trials/station_unroll.py. Unroll 4 at 12
+# steps was 1.37x slower than 1 (benchmarks/results/avx512/station.md).
 FULL_UNROLL_STEPS = 24
 FEEDBACKS = {"identity": lambda y: y, "sigmoid": jax.nn.sigmoid}
 
